@@ -1,0 +1,336 @@
+"""One builder turns a ModelConfig (block specs + scaling) into a functional keras.Model."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import keras
+from keras import layers
+
+from efficientnet_tf import configs
+from efficientnet_tf.block_args import BlockSpec, decode_blocks, encode_block
+from efficientnet_tf.configs import ModelConfig, get_config
+from efficientnet_tf.layers import (
+    DENSE_KERNEL_INITIALIZER,
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STD_RGB,
+    StdNormalization,
+    batch_norm,
+    conv,
+    correct_pad,
+    fused_mbconv_block,
+    mbconv_block,
+)
+
+MIN_INPUT_SIZE = 32
+
+
+def round_filters(filters: float, width_coefficient: float, divisor: int = 8, guard: bool = True) -> int:
+    """Scale a channel count by width and round to a multiple of `divisor`."""
+    filters *= width_coefficient
+    new_filters = max(divisor, int(filters + divisor / 2) // divisor * divisor)
+    if guard and new_filters < 0.9 * filters:  # never round down by more than 10%
+        new_filters += divisor
+    return int(new_filters)
+
+
+def round_repeats(repeats: int, depth_coefficient: float) -> int:
+    return int(math.ceil(depth_coefficient * repeats))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """One concrete block after scaling: what the builder creates, in order."""
+
+    prefix: str  # "block2a_"
+    stage: int  # 0-based index into the config's block strings
+    spec: BlockSpec  # repeats == 1, filters scaled, strides of this repeat
+    drop_rate: float  # stochastic depth rate of this block
+    output_stride: int  # total downsampling of the block's output w.r.t. the input
+
+
+def block_plan(config: ModelConfig, drop_connect_rate: float | None = None) -> list[BlockPlan]:
+    """Expand the stage specs into every block, with scaled widths and drop rates."""
+    rate = config.drop_connect_rate if drop_connect_rate is None else drop_connect_rate
+    specs = config.blocks
+    last = len(specs) - 1
+
+    def repeats_of(i, spec):
+        if config.fix_head_stem and i in (0, last):
+            return spec.repeats
+        return round_repeats(spec.repeats, config.depth_coefficient)
+
+    def filters(f):
+        return round_filters(f, config.width_coefficient, guard=config.round_filters_guard)
+
+    total = sum(repeats_of(i, s) for i, s in enumerate(specs))
+    plan, index, stride = [], 0, 2  # the stem halves the input
+    for i, spec in enumerate(specs):
+        in_f, out_f = filters(spec.input_filters), filters(spec.output_filters)
+        for j in range(repeats_of(i, spec)):
+            first = j == 0
+            block = dataclasses.replace(
+                spec,
+                repeats=1,
+                input_filters=in_f if first else out_f,
+                output_filters=out_f,
+                strides=spec.strides if first else (1, 1),
+            )
+            stride *= block.strides[0]
+            plan.append(
+                BlockPlan(
+                    prefix=f"block{i + 1}{_letters(j)}_",
+                    stage=i,
+                    spec=block,
+                    drop_rate=rate * index / total,
+                    output_stride=stride,
+                )
+            )
+            index += 1
+    return plan
+
+
+def _letters(j: int) -> str:
+    """a..z, then aa, ab, ... for very deep stages (L2 and V2-XL exceed 26 repeats)."""
+    if j < 26:
+        return chr(97 + j)
+    return _letters(j // 26 - 1) + chr(97 + j % 26)
+
+
+def stem_filters(config: ModelConfig) -> int:
+    if config.fix_head_stem:
+        return config.stem_filters
+    return round_filters(config.stem_filters, config.width_coefficient, guard=config.round_filters_guard)
+
+
+def head_filters(config: ModelConfig) -> int:
+    if config.fix_head_stem:
+        return config.head_filters
+    return round_filters(config.head_filters, config.width_coefficient, guard=config.round_filters_guard)
+
+
+def _preprocess(x, config: ModelConfig):
+    """Raw 0..255 RGB in; the normalization the variant was trained with out."""
+    kind = config.preprocessing
+    if kind == configs.PREPROCESS_IMAGENET_STD:
+        x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
+        return StdNormalization(name="normalization")(x)
+    if kind == configs.PREPROCESS_IMAGENET_CONST:
+        scale = [1.0 / (255.0 * s) for s in IMAGENET_STD_RGB]
+        offset = [-m / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)]
+        return layers.Rescaling(scale, offset=offset, name="rescaling")(x)
+    if kind == configs.PREPROCESS_SYMMETRIC:
+        return layers.Rescaling(1.0 / 128.0, offset=-1.0, name="rescaling")(x)
+    if kind == configs.PREPROCESS_LITE:
+        return layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(x)
+    raise ValueError(f"unknown preprocessing {kind!r} in config {config.name!r}")
+
+
+def _input_shape(config: ModelConfig, input_shape):
+    if input_shape is None:
+        return (config.resolution, config.resolution, 3)
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[-1] != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, 3) for RGB images, got {input_shape!r}"
+        )
+    for side in shape[:2]:
+        if side is not None and side < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"input_shape {input_shape!r} is too small: height and width must be at "
+                f"least {MIN_INPUT_SIZE} (or None for any size)"
+            )
+    return shape
+
+
+def build_efficientnet(
+    config: ModelConfig,
+    *,
+    num_classes: int = 1000,
+    input_shape=None,
+    include_top: bool = True,
+    pooling: str | None = None,
+    dropout_rate: float | None = None,
+    drop_connect_rate: float | None = None,
+    bn_momentum: float | None = None,
+    classifier_activation: str | None = "softmax",
+    embedding_dim: int | None = None,
+    l2_normalize_embedding: bool = True,
+) -> keras.Model:
+    """Build the functional model for `config` with random weights."""
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if include_top and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    dropout_rate = config.dropout_rate if dropout_rate is None else dropout_rate
+    momentum = config.bn_momentum if bn_momentum is None else bn_momentum
+    eps = config.bn_epsilon
+    act = config.activation
+    explicit_padding = config.keras_style_padding
+
+    inputs = keras.Input(shape=_input_shape(config, input_shape), name="image")
+    x = _preprocess(inputs, config)
+
+    padding = "same"
+    if explicit_padding:
+        x = layers.ZeroPadding2D(padding=correct_pad(x.shape, 3), name="stem_conv_pad")(x)
+        padding = "valid"
+    x = conv(x, stem_filters(config), 3, "stem_conv", strides=2, padding=padding)
+    x = batch_norm(x, "stem_bn", momentum, eps)
+    x = layers.Activation(act, name="stem_activation")(x)
+
+    for block in block_plan(config, drop_connect_rate):
+        spec = block.spec
+        make = fused_mbconv_block if spec.fused else mbconv_block
+        x = make(
+            x,
+            input_filters=spec.input_filters,
+            output_filters=spec.output_filters,
+            kernel_size=spec.kernel_size,
+            strides=spec.stride,
+            expand_ratio=spec.expand_ratio,
+            se_ratio=spec.se_ratio,
+            id_skip=spec.id_skip,
+            activation=act,
+            drop_rate=block.drop_rate,
+            prefix=block.prefix,
+            bn_momentum=momentum,
+            bn_epsilon=eps,
+            explicit_padding=explicit_padding,
+        )
+
+    x = conv(x, head_filters(config), 1, "top_conv")
+    x = batch_norm(x, "top_bn", momentum, eps)
+    x = layers.Activation(act, name="top_activation")(x)
+
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if dropout_rate > 0:
+            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+        # float32 logits/probabilities even under a mixed-precision policy.
+        x = layers.Dense(
+            num_classes,
+            activation=classifier_activation,
+            kernel_initializer=DENSE_KERNEL_INITIALIZER,
+            bias_initializer="zeros",
+            dtype="float32",
+            name="predictions",
+        )(x)
+    else:
+        if pooling == "avg" or (embedding_dim and pooling is None):
+            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        elif pooling == "max":
+            x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+        if embedding_dim:
+            if dropout_rate > 0:
+                x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+            x = layers.Dense(
+                embedding_dim,
+                kernel_initializer=DENSE_KERNEL_INITIALIZER,
+                dtype="float32",
+                name="embedding",
+            )(x)
+            if l2_normalize_embedding:
+                x = layers.UnitNormalization(axis=-1, name="embedding_l2", dtype="float32")(x)
+    return keras.Model(inputs, x, name=config.name)
+
+
+def build_model(
+    name: str | ModelConfig,
+    num_classes: int = 1000,
+    input_shape=None,
+    include_top: bool = True,
+    pooling: str | None = None,
+    weights: str | None = None,
+    dropout_rate: float | None = None,
+    drop_connect_rate: float | None = None,
+    bn_momentum: float | None = None,
+    classifier_activation: str | None = "softmax",
+    embedding_dim: int | None = None,
+    l2_normalize_embedding: bool = True,
+) -> keras.Model:
+    """Build a registered EfficientNet (see `list_models()`), optionally with weights.
+
+    Models take raw RGB pixels in 0..255; normalization is inside the model.
+    `weights`: None (random), 'imagenet' (official keras.applications file, downloaded and
+    cached), or the path of a keras/HDF5 weight file. With `num_classes != 1000` or
+    `include_top=False`, pretrained weights initialise everything but the classifier.
+    """
+    config = get_config(name)
+    if embedding_dim is not None:
+        if include_top:
+            raise ValueError("embedding_dim needs include_top=False (the embedding replaces the classifier)")
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+    model = build_efficientnet(
+        config,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        include_top=include_top,
+        pooling=pooling,
+        dropout_rate=dropout_rate,
+        drop_connect_rate=drop_connect_rate,
+        bn_momentum=bn_momentum,
+        classifier_activation=classifier_activation,
+        embedding_dim=embedding_dim,
+        l2_normalize_embedding=l2_normalize_embedding,
+    )
+    if weights is not None:
+        from efficientnet_tf.weights import load_weights  # keeps h5py off the import path
+
+        load_weights(model, config, weights)
+    return model
+
+
+def custom_config(
+    block_strings: Sequence[str] | str,
+    width_coefficient: float = 1.0,
+    depth_coefficient: float = 1.0,
+    resolution: int = 224,
+    base: str = "efficientnet-b0",
+    name: str = "efficientnet-custom",
+    **overrides,
+) -> ModelConfig:
+    """A ModelConfig for your own block strings, inheriting everything else from `base`."""
+    specs = decode_blocks(block_strings)  # validates
+    return dataclasses.replace(
+        get_config(base),
+        name=name,
+        block_strings=tuple(encode_block(s) for s in specs),
+        width_coefficient=width_coefficient,
+        depth_coefficient=depth_coefficient,
+        resolution=resolution,
+        keras_weights=None,
+        **overrides,
+    )
+
+
+def feature_block_prefixes(config: ModelConfig | str, strides: Sequence[int] = (2, 4, 8, 16, 32)) -> list[str]:
+    """For each output stride, the name prefix of the last block producing that resolution."""
+    config = get_config(config)
+    last_at = {}
+    for block in block_plan(config):
+        last_at[block.output_stride] = block.prefix
+    names = []
+    for stride in strides:
+        if stride not in last_at:
+            raise ValueError(f"no feature map at stride {stride}; available: {sorted(last_at)}")
+        names.append(last_at[stride])
+    return names
+
+
+def build_feature_extractor(
+    name: str | ModelConfig,
+    input_shape=None,
+    weights: str | None = None,
+    strides: Sequence[int] = (2, 4, 8, 16, 32),
+) -> keras.Model:
+    """Backbone returning the multi-scale feature maps (for detection / segmentation)."""
+    backbone = build_model(name, input_shape=input_shape, include_top=False, weights=weights)
+    outputs = []
+    for prefix in feature_block_prefixes(name, strides):
+        block_layers = [layer for layer in backbone.layers if layer.name.startswith(prefix)]
+        outputs.append(block_layers[-1].output)
+    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_features")

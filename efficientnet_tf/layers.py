@@ -1,0 +1,213 @@
+"""The building blocks: MBConv, Fused-MBConv, squeeze-excite, input normalization.
+
+Layer names and creation order follow keras.applications exactly, because Keras loads legacy
+HDF5 weight files by the order of weighted layers (and by name with ``by_name=True``).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+CONV_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
+}
+DENSE_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
+}
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class StdNormalization(layers.Layer):
+    """(x - mean) / std with mean/std stored as the weights of a keras Normalization layer.
+
+    The official keras.applications V1 files store the ImageNet *std* in the Normalization
+    layer's "variance" slot, and keras only fixes that up (an extra Rescaling) when asked for
+    ``weights='imagenet'``. Reading the slot as std gives the right preprocessing whichever
+    way the file arrives, and still equals keras for its untrained files (mean 0, slot 1).
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_mean = tuple(float(m) for m in mean)
+        self.initial_std = tuple(float(s) for s in std)
+
+    def build(self, input_shape):
+        channels = (len(self.initial_mean),)
+        # Same names, order, shapes and dtypes as keras.layers.Normalization.
+        self.mean = self.add_weight(
+            name="mean",
+            shape=channels,
+            initializer=keras.initializers.Constant(self.initial_mean),
+            trainable=False,
+        )
+        self.variance = self.add_weight(
+            name="variance",
+            shape=channels,
+            initializer=keras.initializers.Constant(self.initial_std),
+            trainable=False,
+        )
+        self.count = self.add_weight(
+            name="count", shape=(), dtype="int", initializer="zeros", trainable=False
+        )
+
+    def call(self, inputs):
+        mean = keras.ops.cast(self.mean, inputs.dtype)
+        std = keras.ops.cast(self.variance, inputs.dtype)
+        return (inputs - mean) / keras.ops.maximum(std, keras.config.epsilon())
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mean=list(self.initial_mean), std=list(self.initial_std))
+        return config
+
+
+def correct_pad(shape, kernel_size: int):
+    """Zero padding that makes a 'valid' strided conv match TF's 'SAME' (keras' rule)."""
+    height, width = shape[1], shape[2]
+    adjust = (1, 1) if height is None or width is None else (1 - height % 2, 1 - width % 2)
+    half = kernel_size // 2
+    return ((half - adjust[0], half), (half - adjust[1], half))
+
+
+def batch_norm(x, name, momentum, epsilon):
+    return layers.BatchNormalization(axis=-1, momentum=momentum, epsilon=epsilon, name=name)(x)
+
+
+def conv(x, filters, kernel_size, name, strides=1, padding="same", use_bias=False, activation=None):
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        activation=activation,
+        kernel_initializer=CONV_KERNEL_INITIALIZER,
+        name=name,
+    )(x)
+
+
+def squeeze_excite(x, input_filters, se_ratio, activation, prefix):
+    """SE whose bottleneck width comes from the block's input filters, as in the papers."""
+    filters = x.shape[-1]
+    reduced = max(1, int(input_filters * se_ratio))
+    se = layers.GlobalAveragePooling2D(name=f"{prefix}se_squeeze")(x)
+    se = layers.Reshape((1, 1, filters), name=f"{prefix}se_reshape")(se)
+    se = conv(se, reduced, 1, f"{prefix}se_reduce", use_bias=True, activation=activation)
+    se = conv(se, filters, 1, f"{prefix}se_expand", use_bias=True, activation="sigmoid")
+    return layers.multiply([x, se], name=f"{prefix}se_excite")
+
+
+def _residual(x, inputs, drop_rate, prefix):
+    """Identity skip with stochastic depth: drop the whole branch per sample, rescale kept."""
+    if drop_rate > 0:
+        x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{prefix}drop")(x)
+    return layers.add([x, inputs], name=f"{prefix}add")
+
+
+def mbconv_block(
+    inputs,
+    *,
+    input_filters,
+    output_filters,
+    kernel_size,
+    strides,
+    expand_ratio,
+    se_ratio,
+    id_skip,
+    activation,
+    drop_rate,
+    prefix,
+    bn_momentum,
+    bn_epsilon,
+    explicit_padding,
+):
+    """Inverted residual: 1x1 expand, kxk depthwise, SE, 1x1 linear project."""
+    filters = int(input_filters * expand_ratio)
+    x = inputs
+    if expand_ratio != 1:
+        x = conv(x, filters, 1, f"{prefix}expand_conv")
+        x = batch_norm(x, f"{prefix}expand_bn", bn_momentum, bn_epsilon)
+        x = layers.Activation(activation, name=f"{prefix}expand_activation")(x)
+
+    padding = "same"
+    if explicit_padding and strides == 2:
+        pad = correct_pad(x.shape, kernel_size)
+        x = layers.ZeroPadding2D(padding=pad, name=f"{prefix}dwconv_pad")(x)
+        padding = "valid"
+    x = layers.DepthwiseConv2D(
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        depthwise_initializer=CONV_KERNEL_INITIALIZER,
+        # keras.applications calls it "dwconv" in V1 and "dwconv2" in V2.
+        name=f"{prefix}dwconv" if explicit_padding else f"{prefix}dwconv2",
+    )(x)
+    x = batch_norm(x, f"{prefix}bn", bn_momentum, bn_epsilon)
+    x = layers.Activation(activation, name=f"{prefix}activation")(x)
+
+    if se_ratio and 0 < se_ratio <= 1:
+        x = squeeze_excite(x, input_filters, se_ratio, activation, prefix)
+
+    x = conv(x, output_filters, 1, f"{prefix}project_conv")
+    x = batch_norm(x, f"{prefix}project_bn", bn_momentum, bn_epsilon)
+    if id_skip and strides == 1 and input_filters == output_filters:
+        x = _residual(x, inputs, drop_rate, prefix)
+    return x
+
+
+def fused_mbconv_block(
+    inputs,
+    *,
+    input_filters,
+    output_filters,
+    kernel_size,
+    strides,
+    expand_ratio,
+    se_ratio,
+    id_skip,
+    activation,
+    drop_rate,
+    prefix,
+    bn_momentum,
+    bn_epsilon,
+    explicit_padding=False,
+):
+    """Fused-MBConv (EfficientNetV2): one kxk strided conv replaces expand + depthwise.
+
+    With expand ratio 1 the block is a single kxk conv + BN + activation.
+    """
+    del explicit_padding  # V2 always uses 'same' padding
+    filters = int(input_filters * expand_ratio)
+    x = inputs
+    if expand_ratio != 1:
+        x = conv(x, filters, kernel_size, f"{prefix}expand_conv", strides=strides)
+        x = batch_norm(x, f"{prefix}expand_bn", bn_momentum, bn_epsilon)
+        x = layers.Activation(activation, name=f"{prefix}expand_activation")(x)
+
+    if se_ratio and 0 < se_ratio <= 1:
+        x = squeeze_excite(x, input_filters, se_ratio, activation, prefix)
+
+    single_conv = expand_ratio == 1
+    x = conv(
+        x,
+        output_filters,
+        kernel_size if single_conv else 1,
+        f"{prefix}project_conv",
+        strides=strides if single_conv else 1,
+    )
+    x = batch_norm(x, f"{prefix}project_bn", bn_momentum, bn_epsilon)
+    if single_conv:
+        x = layers.Activation(activation, name=f"{prefix}project_activation")(x)
+    if id_skip and strides == 1 and input_filters == output_filters:
+        x = _residual(x, inputs, drop_rate, prefix)
+    return x

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="efficientnet_tf",
+    version="0.1.0",
+    description="EfficientNet V1/V2/Lite for Keras/TensorFlow: weight-compatible with "
+    "keras.applications, one training stack for CPU, GPU and TPU.",
+    long_description=open("README.md", encoding="utf8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["efficientnet_tf", "efficientnet_tf.*"]),
+    package_data={"efficientnet_tf": ["data/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.3",
+        "tensorflow-datasets>=4.9",
+        "keras-cv>=0.9",
+        "absl-py>=1.0",
+        "matplotlib>=3.7",
+        "h5py>=3.8",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist>=3", "nbmake>=1.5", "nbclient>=0.10", "ipykernel>=6"],
+        "tflite": ["ai-edge-litert>=1.2"],
+    },
+    py_modules=["main"],
+)

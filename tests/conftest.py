@@ -1,0 +1,19 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running (every variant, real training runs)")
+
+
+@pytest.fixture(autouse=True)
+def _clear_keras_session():
+    """Fresh layer-name counters per test, so names never depend on test order."""
+    import keras
+
+    keras.backend.clear_session()
+    yield

@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+
+from efficientnet_tf import build_feature_extractor, build_model, decode_block, encode_block, get_config, list_models
+from efficientnet_tf.builder import block_plan, round_filters, round_repeats
+
+EXPECTED_MODELS = (
+    [f"efficientnet-b{i}" for i in range(9)]
+    + ["efficientnet-l2"]
+    + [f"efficientnetv2-{s}" for s in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")]
+    + [f"efficientnet-lite{i}" for i in range(5)]
+)
+
+
+def test_list_models_has_every_variant():
+    assert sorted(list_models()) == sorted(EXPECTED_MODELS)
+    assert set(list_models("lite")) == {f"efficientnet-lite{i}" for i in range(5)}
+
+
+@pytest.mark.parametrize("bad, suggestion", [("efficientnet-b9", "efficientnet-b"), ("efficientnetv2_s", "efficientnetv2-s")])
+def test_unknown_model_lists_closest_names(bad, suggestion):
+    with pytest.raises(ValueError) as err:
+        build_model(bad)
+    message = str(err.value)
+    assert repr(bad) in message and "did you mean" in message and suggestion in message
+
+
+@pytest.mark.parametrize("name", EXPECTED_MODELS)
+def test_every_model_builds_runs_and_round_trips(name):
+    config = get_config(name)
+    for string in config.block_strings:
+        assert encode_block(decode_block(string)) == string
+    model = build_model(name, num_classes=5, input_shape=(32, 32, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    probs = model(images, training=False).numpy()
+    assert probs.shape == (2, 5)
+    assert np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # training mode: stochastic depth and dropout active, still finite
+    assert np.all(np.isfinite(model(images, training=True).numpy()))
+
+
+@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnetv2-b0", "efficientnet-lite0"])
+def test_default_input_is_the_variant_resolution_and_other_sizes_work(name):
+    config = get_config(name)
+    assert build_model(name).input_shape == (None, config.resolution, config.resolution, 3)
+    for size in (33, 112):
+        model = build_model(name, input_shape=(size, size, 3), num_classes=3)
+        assert model(np.zeros((1, size, size, 3), "float32")).shape == (1, 3)
+    dynamic = build_model(name, input_shape=(None, None, 3), include_top=False, pooling="avg")
+    assert dynamic(np.zeros((1, 40, 56, 3), "float32")).shape[0] == 1
+
+
+@pytest.mark.parametrize("bad", [(16, 16, 3), (64, 64, 1), (64, 64)])
+def test_bad_input_shape_is_rejected(bad):
+    with pytest.raises(ValueError, match="input_shape"):
+        build_model("efficientnet-b0", input_shape=bad)
+
+
+def test_rounding_matches_reference_rules():
+    assert round_filters(32, 1.0) == 32
+    assert round_filters(16, 1.2) == 24  # 19.2 -> 16 is >10% down: guard adds 8
+    assert round_filters(16, 1.2, guard=False) == 16  # keras/automl V2 rule
+    assert round_filters(1280, 1.4) == 1792
+    assert round_filters(3, 1.0) == 8  # never below the divisor
+    assert round_repeats(3, 1.4) == 5 and round_repeats(1, 3.1) == 4
+
+
+def test_stochastic_depth_rises_linearly_over_all_blocks():
+    plan = block_plan(get_config("efficientnet-b0"))
+    assert len(plan) == 16
+    rates = [b.drop_rate for b in plan]
+    np.testing.assert_allclose(rates, [0.2 * i / 16 for i in range(16)])
+
+
+def test_lite_keeps_stem_head_and_outer_stages_unscaled():
+    model = build_model("efficientnet-lite4", input_shape=(64, 64, 3))
+    assert model.get_layer("stem_conv").filters == 32
+    assert model.get_layer("top_conv").filters == 1280
+    names = [l.name for l in model.layers]
+    assert "block1a_project_conv" in names and "block1b_project_conv" not in names
+    assert "block7a_project_conv" in names and "block7b_project_conv" not in names
+    assert not any("se_" in n for n in names)
+    assert model.get_layer("stem_activation").get_config()["activation"] == "relu6"
+
+
+def test_se_width_comes_from_block_input_filters():
+    model = build_model("efficientnet-b0", input_shape=(64, 64, 3))
+    # block2a: input 16, expanded 96 -> SE reduce int(16 * 0.25) = 4, not 96 * 0.25
+    assert model.get_layer("block2a_se_reduce").filters == 4
+    assert model.get_layer("block2a_se_expand").filters == 96
+
+
+def test_keras_layer_names():
+    v1 = {l.name for l in build_model("efficientnet-b0").layers}
+    for name in ["stem_conv_pad", "stem_conv", "block1a_dwconv", "block2a_dwconv_pad", "block2b_se_reduce",
+                 "block2b_drop", "block2b_add", "top_conv", "top_bn", "avg_pool", "top_dropout", "predictions"]:
+        assert name in v1
+    v2 = {l.name for l in build_model("efficientnetv2-s").layers}
+    assert {"block1a_project_activation", "block4a_dwconv2", "block2a_expand_conv"} <= v2
+    assert not any(n.endswith("_pad") for n in v2)
+
+
+@pytest.mark.parametrize("pooling, shape", [(None, (None, 2, 2, 1280)), ("avg", (None, 1280)), ("max", (None, 1280))])
+def test_no_top_pooling(pooling, shape):
+    model = build_model("efficientnet-b0", input_shape=(64, 64, 3), include_top=False, pooling=pooling)
+    assert model.output_shape == shape
+
+
+@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnetv2-s", "efficientnet-lite0"])
+def test_feature_extractor_gives_five_strides(name):
+    model = build_feature_extractor(name, input_shape=(128, 128, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (1, 128, 128, 3)).astype("float32")
+    features = model(images)
+    assert [f.shape[1] for f in features] == [64, 32, 16, 8, 4]
+    assert all(np.all(np.isfinite(f.numpy())) for f in features)
+    # deepest map is the last block's output, before the 1x1 head conv
+    assert features[-1].shape[-1] == model.get_layer(model.layers[-1].name).output.shape[-1]
+
+
+def test_embedding_head_is_l2_normalized():
+    model = build_model("efficientnet-b0", input_shape=(64, 64, 3), include_top=False, embedding_dim=128)
+    out = model(np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")).numpy()
+    assert out.shape == (3, 128)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="include_top=False"):
+        build_model("efficientnet-b0", embedding_dim=128)
