@@ -23,13 +23,13 @@ def _check_same_model(name, tmp_path, include_top=True):
     reference = keras_model(name, (SIZE, SIZE, 3), include_top=include_top)
     path = write_legacy_h5(reference, str(tmp_path / "weights.h5"))
     images = random_images(4, SIZE)
-    expected = reference.predict(images, verbose=0)
+    expected = reference(images, training=False).numpy()
     assert expected.std(axis=0).mean() > 0.01  # outputs depend on the image: a real comparison
 
     ours = build_model(name, input_shape=(SIZE, SIZE, 3), include_top=include_top, weights=path,
                        classifier_activation=None)
     assert ours.count_params() == reference.count_params()
-    np.testing.assert_allclose(ours.predict(images, verbose=0), expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(ours(images, training=False).numpy(), expected, atol=1e-4, rtol=1e-4)
 
     # Keras' own loaders: legacy HDF5 is loaded by weight order, or by name on request.
     for by_name in (False, True):
@@ -38,7 +38,7 @@ def _check_same_model(name, tmp_path, include_top=True):
             fresh.load_weights(path, by_name=True)
         else:
             fresh.load_weights(path)
-        np.testing.assert_allclose(fresh.predict(images, verbose=0), expected, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(fresh(images, training=False).numpy(), expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -71,10 +71,10 @@ def test_official_v1_file_convention_gives_imagenet_preprocessing(tmp_path):
     norm.set_weights([mean, std**2, np.array(0)])
     norm.finalize_state()  # keras' Normalization caches mean/variance outside its weights
     images = random_images(4, SIZE)
-    expected = reference.predict(images, verbose=0)
+    expected = reference(images, training=False).numpy()
 
     ours = build_model("efficientnet-b0", input_shape=(SIZE, SIZE, 3), weights=path, classifier_activation=None)
-    np.testing.assert_allclose(ours.predict(images, verbose=0), expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(ours(images, training=False).numpy(), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_transfer_keeps_fresh_head_and_loads_backbone(tmp_path):

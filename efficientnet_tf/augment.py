@@ -1,0 +1,77 @@
+"""Batch augmentation (RandAugment, MixUp, CutMix) from keras-cv, kept behind one class.
+
+Applied to whole batches inside tf.data. Magnitudes use the tensorflow/tpu scale where 10 is
+the strongest level keras-cv offers; larger values (the V2 paper's 15-25) are clipped to 10.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+MAX_MAGNITUDE = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    randaug_layers: int = 0
+    randaug_magnitude: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+    def __post_init__(self):
+        for field in ("randaug_layers", "randaug_magnitude", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
+
+    @property
+    def mixes_labels(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    @property
+    def active(self) -> bool:
+        return self.mixes_labels or (self.randaug_layers > 0 and self.randaug_magnitude > 0)
+
+
+class BatchAugmenter:
+    """images [B, H, W, 3] float 0..255, labels one-hot [B, C] -> the same, augmented."""
+
+    def __init__(self, config: AugmentConfig, seed: int | None = None):
+        import keras_cv  # heavy import: only when augmentation is on
+
+        self.config = config
+        self.randaug = None
+        if config.randaug_layers > 0 and config.randaug_magnitude > 0:
+            magnitude = min(config.randaug_magnitude, MAX_MAGNITUDE)
+            if magnitude < config.randaug_magnitude:
+                log.warning("RandAugment magnitude %s clipped to %s", config.randaug_magnitude, MAX_MAGNITUDE)
+            self.randaug = keras_cv.layers.RandAugment(
+                value_range=(0, 255),
+                augmentations_per_image=config.randaug_layers,
+                magnitude=magnitude / MAX_MAGNITUDE,
+                seed=seed,
+            )
+        self.mixup = keras_cv.layers.MixUp(alpha=config.mixup_alpha, seed=seed) if config.mixup_alpha > 0 else None
+        self.cutmix = keras_cv.layers.CutMix(alpha=config.cutmix_alpha, seed=seed) if config.cutmix_alpha > 0 else None
+
+    def __call__(self, images, labels):
+        if self.randaug is not None:
+            images = tf.cast(self.randaug(images, training=True), tf.float32)
+        if self.mixup is None and self.cutmix is None:
+            return images, labels
+        batch = {"images": images, "labels": tf.cast(labels, tf.float32)}
+        if self.mixup is not None and self.cutmix is not None:
+            # Like timm: each batch gets one of the two, with equal chance.
+            batch = tf.cond(
+                tf.random.uniform([]) < 0.5,
+                lambda: self.mixup(batch, training=True),
+                lambda: self.cutmix(batch, training=True),
+            )
+        elif self.mixup is not None:
+            batch = self.mixup(batch, training=True)
+        else:
+            batch = self.cutmix(batch, training=True)
+        return tf.cast(batch["images"], tf.float32), tf.cast(batch["labels"], tf.float32)
