@@ -1,5 +1,8 @@
 """Command line for efficientnet_tf. Flags are parsed here only; the package is a library.
 
+    python main.py --model=efficientnet-b0 --dataset=cifar10          # train and evaluate
+    python main.py --model=efficientnet-b0 --dataset=digits --epochs=15   # offline demo
+    python main.py --flagfile=flags/cifar10_transfer.cfg
     python main.py --mode=summary --model=all
 """
 
@@ -13,10 +16,85 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
+MODES = ("train_and_eval", "train", "eval", "summary")
 
-flags.DEFINE_enum("mode", "summary", ["summary"], "What to do. summary: params, multiply-adds and default resolution.")
-flags.DEFINE_string("model", "efficientnet-b0", "Model name (see --mode=summary --model=all), or 'all' for summary.")
-flags.DEFINE_integer("image_size", None, "Input size; default: the model's own resolution.", lower_bound=32)
+flags.DEFINE_enum("mode", "train_and_eval", MODES, "train_and_eval: train, validating every epoch, then a final "
+                  "eval report; train: no validation; eval: evaluate the last checkpoint; summary: params/MACs.")
+flags.DEFINE_string("model", "efficientnet-b0", "Model name (python main.py --mode=summary --model=all lists them).")
+flags.DEFINE_string("dataset", "digits", "TFDS name (cifar10, oxford_flowers102, imagenet2012, ...), "
+                    "folder:PATH, digits (offline) or synthetic.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+flags.DEFINE_string("model_dir", None, "Where checkpoints, history.csv, logs and plots go "
+                    "(default runs/MODEL-DATASET). Rerunning the same command resumes.")
+flags.DEFINE_integer("epochs", 350, "Training epochs (the papers' ImageNet run: 350).")
+flags.DEFINE_integer("batch_size", 64, "Global batch size, split over the replicas.")
+flags.DEFINE_integer("image_size", None, "Training/eval size; default: the model's resolution, 32 for tiny images.")
+flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "sgd", "adamw"], "Optimizer (papers: RMSprop 0.9/0.9/1e-3).")
+flags.DEFINE_float("learning_rate", 0.016, "Learning rate per 256 images, scaled linearly with batch_size.")
+flags.DEFINE_enum("lr_schedule", "exponential", ["exponential", "cosine", "constant"], "LR after warmup.")
+flags.DEFINE_float("warmup_epochs", 5.0, "Linear LR warmup epochs.")
+flags.DEFINE_float("lr_decay_rate", 0.97, "Exponential schedule: factor per decay period.")
+flags.DEFINE_float("lr_decay_epochs", 2.4, "Exponential schedule: epochs per decay period (staircase).")
+flags.DEFINE_float("weight_decay", 1e-5, "L2 weight decay (not on BN or biases); decoupled for adamw.")
+flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing.")
+flags.DEFINE_float("dropout_rate", None, "Dropout before the classifier; default: the variant's.")
+flags.DEFINE_float("drop_connect_rate", None, "Stochastic depth rate of the last block; default 0.2.")
+flags.DEFINE_float("bn_momentum", None, "BN moving-average momentum; default: the variant's, lowered when an "
+                   "epoch is too short for it (see README).")
+flags.DEFINE_float("ema_decay", 0.9999, "EMA of weights used for eval and export; 0 turns it off.")
+flags.DEFINE_integer("randaug_layers", 0, "RandAugment ops per image (0: off).")
+flags.DEFINE_float("randaug_magnitude", 0.0, "RandAugment magnitude (tensorflow/tpu scale, 10 = strongest).")
+flags.DEFINE_float("mixup_alpha", 0.0, "MixUp alpha (0: off).")
+flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix alpha (0: off).")
+flags.DEFINE_boolean("mixed_precision", False, "bfloat16 on TPU/CPU, float16 with loss scaling on GPU.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu"],
+                  "auto: TPU if --tpu, multi-worker if TF_CONFIG names several workers, mirrored on several GPUs.")
+flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (TPUClusterResolver).")
+flags.DEFINE_string("weights", None, "Pretrained initialisation: 'imagenet' or a weights file.")
+flags.DEFINE_boolean("freeze_backbone", False, "Train only the new head (BN layers in inference mode).")
+flags.DEFINE_integer("finetune_epochs", 0, "With --freeze_backbone: last epochs with everything unfrozen.")
+flags.DEFINE_float("finetune_lr_scale", 0.1, "LR factor for the unfrozen fine-tuning epochs.")
+flags.DEFINE_integer("progressive", 0, "Progressive learning stages (EfficientNetV2); 0 or 1: off.")
+flags.DEFINE_integer("progressive_min_size", 128, "Progressive: first stage image size.")
+flags.DEFINE_integer("progressive_max_size", None, "Progressive: last stage image size (default image_size).")
+flags.DEFINE_float("progressive_min_dropout", 0.1, "Progressive: first stage dropout.")
+flags.DEFINE_float("progressive_max_dropout", None, "Progressive: last stage dropout (default dropout_rate).")
+flags.DEFINE_float("progressive_min_randaug", 5.0, "Progressive: first stage RandAugment magnitude.")
+flags.DEFINE_float("progressive_max_randaug", None, "Progressive: last stage magnitude (default randaug_magnitude).")
+flags.DEFINE_float("progressive_min_mixup", 0.0, "Progressive: first stage mixup alpha.")
+flags.DEFINE_float("progressive_max_mixup", None, "Progressive: last stage mixup alpha (default mixup_alpha).")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, data order, augmentation).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir/checkpoints.")
+flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (quick runs).")
+flags.DEFINE_integer("steps_per_loop", 1, "Train steps per compiled call (raise on TPU).")
+flags.DEFINE_boolean("jit_compile", None, "XLA for the train step; default: on TPU only.")
+flags.DEFINE_boolean("dry_run", False, "Print the resolved training config as JSON and stop (check a recipe).")
+flags.DEFINE_boolean("skip_bad_images", False, "folder: datasets: leave out unreadable files (else: error).")
+
+
+def train_config():
+    from efficientnet_tf.trainer import TrainConfig
+
+    return TrainConfig(
+        model=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+        model_dir=FLAGS.model_dir or os.path.join("runs", f"{FLAGS.model}-{FLAGS.dataset.replace(':', '_').replace('/', '_')}"),
+        epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, warmup_epochs=FLAGS.warmup_epochs,
+        lr_decay_rate=FLAGS.lr_decay_rate, lr_decay_epochs=FLAGS.lr_decay_epochs, weight_decay=FLAGS.weight_decay,
+        label_smoothing=FLAGS.label_smoothing, dropout_rate=FLAGS.dropout_rate, drop_connect_rate=FLAGS.drop_connect_rate,
+        bn_momentum=FLAGS.bn_momentum, ema_decay=FLAGS.ema_decay, randaug_layers=FLAGS.randaug_layers,
+        randaug_magnitude=FLAGS.randaug_magnitude, mixup_alpha=FLAGS.mixup_alpha, cutmix_alpha=FLAGS.cutmix_alpha,
+        mixed_precision=FLAGS.mixed_precision, strategy=FLAGS.strategy, tpu=FLAGS.tpu, weights=FLAGS.weights,
+        freeze_backbone=FLAGS.freeze_backbone, finetune_epochs=FLAGS.finetune_epochs,
+        finetune_lr_scale=FLAGS.finetune_lr_scale, progressive_stages=FLAGS.progressive,
+        progressive_min_size=FLAGS.progressive_min_size, progressive_max_size=FLAGS.progressive_max_size,
+        progressive_min_dropout=FLAGS.progressive_min_dropout, progressive_max_dropout=FLAGS.progressive_max_dropout,
+        progressive_min_randaug=FLAGS.progressive_min_randaug, progressive_max_randaug=FLAGS.progressive_max_randaug,
+        progressive_min_mixup=FLAGS.progressive_min_mixup, progressive_max_mixup=FLAGS.progressive_max_mixup,
+        seed=FLAGS.seed, keep_checkpoints=FLAGS.keep_checkpoints, steps_per_epoch=FLAGS.steps_per_epoch,
+        steps_per_loop=FLAGS.steps_per_loop, jit_compile=FLAGS.jit_compile,
+        on_bad_image="skip" if FLAGS.skip_bad_images else "error",
+    )
 
 
 def run_summary() -> None:
@@ -30,15 +108,47 @@ def run_summary() -> None:
         print(f"{s['model']:<20} {s['resolution']:>5} {s['params']:>13,} {s['macs'] / 1e9:>8.3f}", flush=True)
 
 
-MODES = {"summary": run_summary}
+def run_training(validate: bool) -> None:
+    from efficientnet_tf.trainer import Trainer
+
+    config = train_config()
+    config.validate()  # bad values stop here, before any data or model is touched
+    if FLAGS.dry_run:
+        import dataclasses
+        import json
+
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return
+    Trainer(config).fit(validate=validate)
+
+
+def run_eval() -> None:
+    import json
+
+    from efficientnet_tf.trainer import Trainer
+
+    trainer = Trainer(train_config())
+    if not trainer.restore_for_eval():
+        raise FileNotFoundError(f"no checkpoint in {trainer.config.model_dir}/checkpoints: train first (--mode=train)")
+    print(json.dumps(trainer.evaluate(), indent=2))
 
 
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from absl import logging as absl_logging
+
+    from efficientnet_tf.trainer import TrainingDiverged
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # TF's checkpoint chatter
     try:
-        MODES[FLAGS.mode]()
-    except (ValueError, FileNotFoundError, OSError) as err:
+        if FLAGS.mode == "summary":
+            run_summary()
+        elif FLAGS.mode == "eval":
+            run_eval()
+        else:
+            run_training(validate=FLAGS.mode == "train_and_eval")
+    except (ValueError, FileNotFoundError, OSError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -55,12 +55,11 @@ def make_strategy(kind: str = "auto", tpu: str | None = None) -> tf.distribute.S
 def device_kind(strategy: tf.distribute.Strategy) -> str:
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "tpu"
-    devices = getattr(strategy.extended, "worker_devices", None) or ()
-    if any("GPU" in d.upper() for d in devices) or (
-        isinstance(strategy, tf.distribute.OneDeviceStrategy) and tf.config.list_physical_devices("GPU")
-    ):
-        return "gpu"
-    return "cpu"
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TF's own placement, GPU when there is one
+        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    return "gpu" if any("GPU" in d.upper() for d in devices) else "cpu"
 
 
 def mixed_precision_policy(strategy: tf.distribute.Strategy, enabled: bool) -> str:

@@ -16,9 +16,12 @@ CONV_KERNEL_INITIALIZER = {
     "class_name": "VarianceScaling",
     "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
 }
+# The reference head init scales by fan_out, tuned for 1000 classes: with 10 classes it gives
+# initial logits of std ~4.6 (loss 6 instead of 2.3) and unstable early training. Scaling by
+# fan_in gives unit-scale logits for any class count; for 1000 classes it differs by 1280/1000.
 DENSE_KERNEL_INITIALIZER = {
     "class_name": "VarianceScaling",
-    "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
 }
 
 

@@ -1,0 +1,28 @@
+"""One worker of the two-process MultiWorkerMirroredStrategy test (run by test_trainer.py).
+
+usage: multiworker_worker.py TASK_INDEX PORT0 PORT1 MODEL_DIR OUT.npz
+"""
+
+import json
+import os
+import sys
+
+task, port0, port1, model_dir, out = sys.argv[1:6]
+os.environ["TF_CONFIG"] = json.dumps({
+    "cluster": {"worker": [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]},
+    "task": {"type": "worker", "index": int(task)},
+})
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from efficientnet_tf.trainer import TrainConfig, Trainer  # noqa: E402
+
+config = TrainConfig(model="efficientnet-b0", dataset="digits", model_dir=model_dir, epochs=2, steps_per_epoch=3,
+                     batch_size=16, image_size=32, strategy="auto", dropout_rate=0.0, drop_connect_rate=0.0, seed=0)
+trainer = Trainer(config, verbose=False)
+assert trainer.replicas == 2, trainer.replicas
+report = trainer.fit(validate=True)
+np.savez(out, *[np.asarray(w) for w in trainer.model.get_weights()], top1=report["top1"],
+         iterations=int(trainer._optimizer_steps().numpy()))
+print(f"worker {task} done: chief={trainer.chief}")

@@ -1,0 +1,49 @@
+"""Every recipe in flags/ parses and resolves to a valid training config."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "flags", "*.cfg")))
+
+
+def _resolve(*args):
+    result = subprocess.run([sys.executable, "main.py", "--dry_run", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def test_recipes_exist():
+    names = {os.path.basename(p) for p in RECIPES}
+    assert {"imagenet_v1.cfg", "imagenet_v2_s.cfg", "cifar10_scratch.cfg", "cifar10_transfer.cfg",
+            "flowers_transfer.cfg", "digits_demo.cfg"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipe_resolves(path):
+    config = _resolve(f"--flagfile={path}")
+    assert config["epochs"] >= 1 and config["batch_size"] >= 1
+
+
+def test_imagenet_defaults_are_the_papers():
+    config = _resolve()  # no flags at all: the papers' ImageNet hyperparameters
+    assert config["optimizer"] == "rmsprop" and config["learning_rate"] == 0.016
+    assert config["warmup_epochs"] == 5 and config["lr_decay_rate"] == 0.97 and config["lr_decay_epochs"] == 2.4
+    assert config["weight_decay"] == 1e-5 and config["label_smoothing"] == 0.1 and config["ema_decay"] == 0.9999
+
+
+def test_v2_recipe_follows_table_6():
+    config = _resolve(f"--flagfile={[p for p in RECIPES if p.endswith('imagenet_v2_s.cfg')][0]}")
+    assert config["progressive_stages"] == 4
+    assert (config["progressive_min_size"], config["progressive_max_size"]) == (128, 300)
+    assert (config["progressive_min_randaug"], config["progressive_max_randaug"]) == (5, 15)
+    assert (config["progressive_min_dropout"], config["progressive_max_dropout"]) == (0.1, 0.3)
+
+
+def test_transfer_recipe_freezes_then_finetunes():
+    config = _resolve(f"--flagfile={[p for p in RECIPES if p.endswith('cifar10_transfer.cfg')][0]}")
+    assert config["weights"] == "imagenet" and config["freeze_backbone"] and config["finetune_epochs"] > 0

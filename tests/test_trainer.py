@@ -1,0 +1,262 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnet_tf.input_pipeline import make_dataset
+from efficientnet_tf.trainer import (
+    TrainConfig,
+    Trainer,
+    effective_bn_momentum,
+    plan_stages,
+    read_history,
+)
+
+QUICK = dict(model="efficientnet-b0", dataset="digits", batch_size=16, image_size=32, epochs=1,
+             dropout_rate=0.0, drop_connect_rate=0.0, label_smoothing=0.0, seed=0)
+
+
+def _batch(trainer):
+    stage = trainer.stages[0]
+    return next(iter(make_dataset(trainer.source, trainer._pipeline(stage, True), training=True)))
+
+
+def _two_cpus():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2, "conftest.py makes two logical CPU devices"
+    return devices
+
+
+def test_mirrored_step_matches_one_device(tmp_path):
+    config = TrainConfig(model_dir=str(tmp_path), ema_decay=0.0, sync_batch_norm=True, **QUICK)
+    single = Trainer(config, verbose=False, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+    mirrored = Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(_two_cpus()))
+    assert mirrored.replicas == 2
+    mirrored.model.set_weights(single.model.get_weights())
+    before = [w.copy() for w in single.model.get_weights()]
+    images, labels = _batch(single)
+    loss_a, correct_a = single.train_on_batch(images, labels)
+    loss_b, correct_b = mirrored.train_on_batch(images, labels)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5) and correct_a == correct_b
+    changed = 0
+    for a, b, w0 in zip(single.model.get_weights(), mirrored.model.get_weights(), before):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        changed += not np.allclose(a, w0)
+    assert changed > 100  # the step really updated the network
+
+
+def test_batch_not_divisible_by_replicas_stops_early(tmp_path):
+    config = TrainConfig(model_dir=str(tmp_path), **{**QUICK, "batch_size": 15})
+    with pytest.raises(ValueError, match="batch size 15 is not divisible by the 2 replicas"):
+        Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(_two_cpus()))
+
+
+def test_train_step_compiles_with_xla(tmp_path):
+    config = TrainConfig(model_dir=str(tmp_path), ema_decay=0.0, **QUICK)
+    eager = Trainer(config, verbose=False)
+    xla = Trainer(TrainConfig(model_dir=str(tmp_path / "xla"), ema_decay=0.0, jit_compile=True, **QUICK), verbose=False)
+    assert xla.jit_compile
+    xla.model.set_weights(eager.model.get_weights())
+    images, labels = _batch(eager)
+    step = xla.train_step_fn(xla.stages[0])
+    hlo = step.experimental_get_compiler_ir(images, labels)(stage="hlo")  # XLA really compiles it
+    assert "ENTRY" in hlo
+    xla.model.set_weights(eager.model.get_weights())  # the IR call traced only; start equal
+    for _ in range(2):
+        loss_eager, _ = eager.train_on_batch(images, labels)
+        loss_xla, _ = xla.train_on_batch(images, labels)
+        assert loss_xla == pytest.approx(loss_eager, rel=1e-3)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
+    ports = [str(_free_port()), str(_free_port())]
+    worker = os.path.join(os.path.dirname(__file__), "multiworker_worker.py")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    procs = [subprocess.Popen([sys.executable, worker, str(i), *ports, str(tmp_path / "run"), str(tmp_path / f"w{i}.npz")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=400)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("multi-worker training did not finish in 400 s")
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    a, b = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    assert int(a["iterations"]) == int(b["iterations"]) == 6  # 2 epochs x 3 steps, in lockstep
+    weights = [k for k in a.files if k.startswith("arr_")]
+    for key in weights:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6)
+    assert float(a["top1"]) == float(b["top1"])
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "checkpoint")  # the chief kept checkpoints
+    assert not any(n.startswith(".worker") for n in os.listdir(tmp_path / "run"))  # worker 1 cleaned up
+    assert "chief=True" in outputs[0] and "chief=False" in outputs[1]
+
+
+def test_bn_momentum_follows_epoch_length():
+    assert effective_bn_momentum(0.99, 5000) == 0.99  # ImageNet-sized epochs keep the paper value
+    assert effective_bn_momentum(0.99, 22) == pytest.approx(1 - 1 / 11)  # digits: ~half-epoch window
+    assert effective_bn_momentum(0.9, 22) == 0.9
+
+
+def test_progressive_stages_rise_linearly():
+    config = TrainConfig(epochs=8, progressive_stages=4, progressive_min_size=128, progressive_max_size=300,
+                         progressive_min_dropout=0.1, progressive_max_dropout=0.3, progressive_min_randaug=5,
+                         progressive_max_randaug=15, progressive_min_mixup=0.0, progressive_max_mixup=0.0)
+    stages = plan_stages(config, image_size=300, dropout_rate=0.2)
+    assert [s.image_size for s in stages] == [128, 184, 240, 300]
+    assert [round(s.dropout_rate, 4) for s in stages] == [0.1, 0.1667, 0.2333, 0.3]
+    assert [s.randaug_magnitude for s in stages] == pytest.approx([5, 8.3333, 11.6667, 15], rel=1e-4)
+    assert [(s.first_epoch, s.end_epoch) for s in stages] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", -1, "epochs must be >= 1"),
+    ("optimizer", "adam2", "unknown optimizer 'adam2'"),
+    ("model", "efficientnet-b11", "unknown model 'efficientnet-b11'"),
+    ("lr_schedule", "step", "unknown lr_schedule 'step'"),
+    ("mixup_alpha", -0.5, "mixup_alpha must be >= 0"),
+])
+def test_bad_config_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=efficientnet-b11"], "unknown model 'efficientnet-b11'"),
+    (["--dataset=not_a_dataset_xyz"], "unknown dataset 'not_a_dataset_xyz'"),
+    (["--optimizer=adam2"], "adam2"),
+    (["--epochs=-3"], "epochs"),
+])
+def test_cli_bad_flags_fail_fast_with_one_line(args, message, tmp_path):
+    start = time.time()
+    result = subprocess.run([sys.executable, "main.py", f"--model_dir={tmp_path}", *args], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert time.time() - start < 60
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def _run_main(model_dir, *extra, timeout=600):
+    cmd = [sys.executable, "main.py", "--model=efficientnet-b0", "--dataset=digits", f"--model_dir={model_dir}",
+           "--batch_size=32", "--image_size=32", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_resume_after_sigkill_continues_from_last_epoch(tmp_path):
+    model_dir = tmp_path / "run"
+    args = ["--epochs=3", "--steps_per_epoch=8"]
+    cmd = [sys.executable, "main.py", "--model=efficientnet-b0", "--dataset=digits", f"--model_dir={model_dir}",
+           "--batch_size=32", "--image_size=32", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    # Kill once epoch 1 is checkpointed and epoch 2 is under way.
+    while time.time() < deadline:
+        rows = read_history(str(model_dir))
+        if len(rows) >= 1 and os.path.exists(model_dir / "checkpoints" / "checkpoint"):
+            time.sleep(2.0)
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(read_history(str(model_dir))) == 1
+
+    result = _run_main(model_dir, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout and "epoch 2 of 3" in result.stdout
+    rows = read_history(str(model_dir))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    values = {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(str(model_dir / "checkpoints"))
+              if "iteration" in name or name.startswith(("epoch", "ema/num_updates"))}
+    assert int(values["epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
+    iterations = [v for k, v in values.items() if "iteration" in k]
+    assert iterations and all(int(v) == 24 for v in iterations)  # 3 epochs x 8 steps: counters restored
+    assert int(values["ema/num_updates/.ATTRIBUTES/VARIABLE_VALUE"]) == 24
+    report = json.loads((model_dir / "eval_report.json").read_text())
+    assert set(report) >= {"top1", "top5", "loss", "images_per_sec"}
+    # lr column follows the restored schedule: warmup continued, not restarted
+    assert float(rows[2]["lr"]) > float(rows[0]["lr"])
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    model_dir = tmp_path / "run"
+    first = _run_main(model_dir, "--epochs=1", "--steps_per_epoch=4", "--mode=train")
+    assert first.returncode == 0, first.stderr[-2000:]
+    good = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    diverged = _run_main(model_dir, "--epochs=2", "--steps_per_epoch=4", "--mode=train", "--learning_rate=1e30",
+                         "--warmup_epochs=0")
+    assert diverged.returncode != 0
+    assert "loss became" in diverged.stderr and "last good checkpoint" in diverged.stderr
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")) == good
+    assert len(read_history(str(model_dir))) == 1
+
+
+def test_freeze_backbone_trains_head_only_then_unfreezes(tmp_path):
+    config = TrainConfig(model_dir=str(tmp_path), freeze_backbone=True, epochs=2, finetune_epochs=1, steps_per_epoch=2,
+                         warmup_epochs=0,
+                         **{k: v for k, v in QUICK.items() if k != "epochs"})
+    trainer = Trainer(config, verbose=False)
+    frozen, unfrozen = trainer.stages
+    assert frozen.frozen and not unfrozen.frozen and unfrozen.lr_scale == 0.1
+    images, labels = _batch(trainer)
+    conv_before = trainer.model.get_layer("top_conv").get_weights()[0].copy()
+    bn_before = [w.copy() for w in trainer.model.get_layer("top_bn").get_weights()]
+    # An untrained backbone in inference mode gives near-zero features: the bias shows the update.
+    head_before = trainer.model.get_layer("predictions").get_weights()[1].copy()
+    trainer._enter_stage(frozen)
+    trainer.train_on_batch(images, labels, frozen)
+    np.testing.assert_array_equal(trainer.model.get_layer("top_conv").get_weights()[0], conv_before)
+    for a, b in zip(trainer.model.get_layer("top_bn").get_weights(), bn_before):
+        np.testing.assert_array_equal(a, b)  # BN in inference mode: moving stats untouched
+    assert np.abs(trainer.model.get_layer("predictions").get_weights()[1] - head_before).max() > 1e-5
+    trainer._enter_stage(unfrozen)
+    trainer.train_on_batch(images, labels, unfrozen)
+    assert np.abs(trainer.model.get_layer("top_conv").get_weights()[0] - conv_before).max() > 1e-6
+
+
+@pytest.mark.slow
+def test_progressive_run_records_each_stage(tmp_path):
+    model_dir = tmp_path / "run"
+    result = _run_main(model_dir, "--epochs=2", "--steps_per_epoch=3", "--progressive=2", "--progressive_min_size=32",
+                       "--progressive_max_size=48", "--randaug_layers=1", "--progressive_min_randaug=2",
+                       "--progressive_max_randaug=6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_history(str(model_dir))
+    assert [int(r["image_size"]) for r in rows] == [32, 48]
+    assert [float(r["randaug_magnitude"]) for r in rows] == [2.0, 6.0]
+    assert "stage 2/2" in result.stdout
+
+
+@pytest.mark.slow
+def test_digits_recipe_reaches_093_and_validation_tracks_training(tmp_path):
+    """The offline demo recipe (flags/digits_demo.cfg): 15 epochs of B0 on real handwritten digits.
+
+    The same command with the ImageNet default LR/schedule still ends at 0.88-0.89 (open in issue 4).
+    """
+    model_dir = tmp_path / "digits"
+    cmd = [sys.executable, "main.py", "--flagfile=flags/digits_demo.cfg", f"--model_dir={model_dir}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model_dir / "eval_report.json").read_text())
+    assert report["top1"] >= 0.93, report
+    rows = read_history(str(model_dir))
+    last = rows[-3:]
+    for row in last:  # no train/val gap of the seed tutorial's kind (0.95 vs 0.18)
+        assert float(row["val_accuracy"]) >= float(row["accuracy"]) - 0.05, row
