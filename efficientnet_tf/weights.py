@@ -65,9 +65,10 @@ def imagenet_weights_file(config: ModelConfig, include_top: bool) -> tuple[str, 
 def fetch_imagenet_weights(config: ModelConfig, include_top: bool) -> str:
     """Download (once; cached in ~/.keras/models) and return the local path."""
     fname, url, md5 = imagenet_weights_file(config, include_top)
-    cache_dir = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
+    keras_home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
+    cache_dir = os.path.join(keras_home, "models")
     try:
-        return keras.utils.get_file(fname, url, cache_subdir="models", file_hash=md5)
+        return keras.utils.get_file(fname, url, cache_dir=keras_home, cache_subdir="models", file_hash=md5)
     except Exception as err:  # offline, proxy, truncated download...
         raise OSError(
             f"could not get the ImageNet weights for {config.name}: {fname} from {url} "
