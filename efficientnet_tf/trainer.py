@@ -360,9 +360,14 @@ class Trainer:
             per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         return per_example
 
+    @staticmethod
+    def _sparse_labels(labels):
+        """Class ids from sparse or (smoothed / mixed) one-hot labels."""
+        return tf.argmax(labels, axis=-1, output_type=tf.int32) if labels.shape.rank == 2 else tf.cast(labels, tf.int32)
+
     def _correct(self, labels, logits):
-        target = tf.argmax(labels, axis=-1, output_type=tf.int32) if self.one_hot else tf.cast(labels, tf.int32)
-        return tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), target), tf.float32)
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return tf.cast(tf.equal(predicted, self._sparse_labels(labels)), tf.float32)
 
     def train_step_fn(self, stage: Stage):
         """The per-replica step: forward, loss (float32), backward, update. XLA-compilable."""
@@ -590,9 +595,9 @@ class Trainer:
 
         def step(images, labels):
             logits = tf.cast(self.model(images, training=False), tf.float32)
-            sparse = tf.argmax(labels, -1, output_type=tf.int32) if labels.shape.rank == 2 else tf.cast(labels, tf.int32)
+            sparse = self._sparse_labels(labels)
             per_example = keras.losses.sparse_categorical_crossentropy(sparse, logits, from_logits=True)
-            top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), sparse), tf.float32)
+            top1 = self._correct(sparse, logits)
             top5 = tf.cast(tf.math.in_top_k(sparse, logits, k), tf.float32)
             count = tf.cast(tf.shape(sparse)[0], tf.float32)
             return tf.reduce_sum(per_example), tf.reduce_sum(top1), tf.reduce_sum(top5), count
