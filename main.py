@@ -4,6 +4,10 @@
     python main.py --model=efficientnet-b0 --dataset=digits --epochs=15   # offline demo
     python main.py --flagfile=flags/cifar10_transfer.cfg
     python main.py --mode=summary --model=all
+    python main.py --mode=plot --model_dir=runs/efficientnet-b0-digits
+    python main.py --mode=export --model_dir=runs/efficientnet-b0-digits --tflite=float32,int8
+    python main.py --mode=predict --model_dir=runs/efficientnet-b0-digits --image=a.png b.png
+    python main.py --mode=predict --model=efficientnet-b0 --weights=imagenet --image=cat.jpg
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-MODES = ("train_and_eval", "train", "eval", "summary")
+MODES = ("train_and_eval", "train", "eval", "predict", "export", "plot", "summary")
+TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8", "int16x8")
 
 flags.DEFINE_enum("mode", "train_and_eval", MODES, "train_and_eval: train, validating every epoch, then a final "
-                  "eval report; train: no validation; eval: evaluate the last checkpoint; summary: params/MACs.")
+                  "eval report and plots; train: no validation; eval: evaluate the last checkpoint; predict: top-5 "
+                  "for --image files; export: SavedModel + TFLite; plot: redraw a run's plots; summary: params/MACs.")
 flags.DEFINE_string("model", "efficientnet-b0", "Model name (python main.py --mode=summary --model=all lists them).")
 flags.DEFINE_string("dataset", "digits", "TFDS name (cifar10, oxford_flowers102, imagenet2012, ...), "
                     "folder:PATH, digits (offline) or synthetic.")
@@ -32,9 +38,11 @@ flags.DEFINE_integer("image_size", None, "Training/eval size; default: the model
 flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "sgd", "adamw"], "Optimizer (papers: RMSprop 0.9/0.9/1e-3).")
 flags.DEFINE_float("learning_rate", 0.016, "Learning rate per 256 images, scaled linearly with batch_size.")
 flags.DEFINE_enum("lr_schedule", "exponential", ["exponential", "cosine", "constant"], "LR after warmup.")
-flags.DEFINE_float("warmup_epochs", 5.0, "Linear LR warmup epochs.")
+flags.DEFINE_float("warmup_epochs", None, "Linear LR warmup epochs; default: the papers' 5 of 350 epochs, "
+                   "scaled to --epochs (1.4% of the run).")
 flags.DEFINE_float("lr_decay_rate", 0.97, "Exponential schedule: factor per decay period.")
-flags.DEFINE_float("lr_decay_epochs", 2.4, "Exponential schedule: epochs per decay period (staircase).")
+flags.DEFINE_float("lr_decay_epochs", None, "Exponential schedule: epochs per decay period (staircase); default: "
+                   "the papers' 2.4 of 350 epochs, scaled to --epochs (ends at 1.2% of the peak LR).")
 flags.DEFINE_float("weight_decay", 1e-5, "L2 weight decay (not on BN or biases); decoupled for adamw.")
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing.")
 flags.DEFINE_float("dropout_rate", None, "Dropout before the classifier; default: the variant's.")
@@ -69,6 +77,12 @@ flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (quick run
 flags.DEFINE_integer("steps_per_loop", 1, "Train steps per compiled call (raise on TPU).")
 flags.DEFINE_boolean("jit_compile", None, "XLA for the train step; default: on TPU only.")
 flags.DEFINE_boolean("dry_run", False, "Print the resolved training config as JSON and stop (check a recipe).")
+flags.DEFINE_string("export_dir", None, "export: destination (default MODEL_DIR/export); replaced atomically.")
+flags.DEFINE_list("tflite", list(TFLITE_FORMATS), f"export: TFLite formats to write ({', '.join(TFLITE_FORMATS)}); "
+                  "'none' for the SavedModel only.")
+flags.DEFINE_enum("int8_io", "uint8", ["uint8", "int8"], "export: input/output type of the full-integer TFLite model.")
+flags.DEFINE_string("saved_model", None, "predict: an exported SavedModel directory (instead of --model_dir).")
+flags.DEFINE_multi_string("image", None, "predict: image file(s); more paths may follow as plain arguments.")
 flags.DEFINE_boolean("skip_bad_images", False, "folder: datasets: leave out unreadable files (else: error).")
 
 
@@ -117,7 +131,9 @@ def run_training(validate: bool) -> None:
         import dataclasses
         import json
 
-        print(json.dumps(dataclasses.asdict(config), indent=2))
+        warmup, decay = config.schedule_epochs()
+        print(json.dumps(dict(dataclasses.asdict(config), resolved_warmup_epochs=warmup,
+                              resolved_lr_decay_epochs=decay), indent=2))
         return
     Trainer(config).fit(validate=validate)
 
@@ -133,9 +149,60 @@ def run_eval() -> None:
     print(json.dumps(trainer.evaluate(), indent=2))
 
 
+def run_plot() -> None:
+    from efficientnet_tf.trainer import replot_run
+
+    model_dir = _existing_model_dir()
+    for path in replot_run(model_dir):
+        print(path)
+
+
+def run_export() -> None:
+    from efficientnet_tf.export import export_run, format_report
+
+    model_dir = _existing_model_dir()
+    formats = [] if FLAGS.tflite in ([], ["none"]) else FLAGS.tflite
+    unknown = [f for f in formats if f not in TFLITE_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown --tflite format(s) {', '.join(unknown)}; choose from {', '.join(TFLITE_FORMATS)} or none")
+    report = export_run(model_dir, FLAGS.export_dir, formats, integer_io=FLAGS.int8_io)
+    print(f"SavedModel: {os.path.join(report['export_dir'], 'saved_model')} "
+          f"({report['saved_model_bytes'] / 1e6:.1f} MB, {'EMA' if report['ema'] else 'raw'} weights of {report['checkpoint']})")
+    if formats:
+        print(format_report(report["tflite"]))
+    print(f"report: {os.path.join(report['export_dir'], 'export_report.json')}")
+
+
+def run_predict(extra_images) -> None:
+    from efficientnet_tf.predict import Predictor, format_predictions
+
+    images = list(FLAGS.image or []) + list(extra_images)
+    if not images:
+        raise ValueError("predict needs --image=PATH (several allowed)")
+    if FLAGS.saved_model:
+        predictor = Predictor.from_saved_model(FLAGS.saved_model)
+    elif FLAGS.model_dir:
+        predictor = Predictor.from_run(_existing_model_dir())
+    elif FLAGS.weights:
+        predictor = Predictor.from_pretrained(FLAGS.model, FLAGS.weights)
+    else:
+        raise ValueError("predict needs --model_dir (a training run), --saved_model (an export) or "
+                         "--weights=imagenet|PATH (with --model)")
+    print(f"# {predictor.description}")
+    print(format_predictions(images, predictor(images)))
+
+
+def _existing_model_dir() -> str:
+    model_dir = FLAGS.model_dir or train_config().model_dir
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model_dir {model_dir!r} does not exist: pass --model_dir of a training run")
+    return model_dir
+
+
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    extra = argv[1:]
+    if extra and FLAGS.mode != "predict":
+        raise app.UsageError(f"unexpected arguments: {' '.join(extra)}")
     from absl import logging as absl_logging
 
     from efficientnet_tf.trainer import TrainingDiverged
@@ -146,6 +213,12 @@ def main(argv) -> int:
             run_summary()
         elif FLAGS.mode == "eval":
             run_eval()
+        elif FLAGS.mode == "plot":
+            run_plot()
+        elif FLAGS.mode == "export":
+            run_export()
+        elif FLAGS.mode == "predict":
+            run_predict(extra)
         else:
             run_training(validate=FLAGS.mode == "train_and_eval")
     except (ValueError, FileNotFoundError, OSError, TrainingDiverged) as err:

@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["efficientnet_tf", "efficientnet_tf.*"]),
-    package_data={"efficientnet_tf": ["data/*"]},
+    package_data={"efficientnet_tf": ["imagenet_classes.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",
@@ -22,8 +22,11 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        # TFLite export checks run the files with LiteRT (no wheels for Windows: hence optional).
         "tflite": ["ai-edge-litert>=1.2"],
+        "notebooks": ["ipykernel>=6", "pillow>=9"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ai-edge-litert>=1.2", "nbclient>=0.7", "nbformat>=5",
+                 "ipykernel>=6", "pillow>=9"],
     },
     py_modules=["main"],
 )

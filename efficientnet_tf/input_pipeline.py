@@ -29,6 +29,10 @@ class PipelineConfig:
     shuffle_buffer: int = 10_000
     seed: int | None = None  # set: same batches every run (stateless per-example randomness)
     drop_remainder: bool | None = None  # default: True for training (static shapes), False for eval
+    # Eval only: yield (image, label, weight) with zero-weight padding, so that every batch is full
+    # (static shapes for TPU/XLA, no empty per-replica batch) and every worker runs the same
+    # number of steps, while each real example still counts exactly once.
+    pad_eval: bool = False
 
     def __post_init__(self):
         if self.image_size < 32:
@@ -131,17 +135,34 @@ def make_dataset(source: Source, config: PipelineConfig, training: bool,
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.seed is not None)
     drop = training if config.drop_remainder is None else config.drop_remainder
+    if config.pad_eval and not training:
+        ds = _pad_with_zero_weights(ds, source.num_eval, batch, size, input_context)
+        drop = True
     ds = ds.batch(batch, drop_remainder=drop)
     one_hot = config.one_hot or (training and config.augment.mixes_labels)
     if one_hot:
         depth = source.num_classes
-        ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, *weight: (x, tf.one_hot(y, depth), *weight), num_parallel_calls=tf.data.AUTOTUNE)
     if training and config.augment.active:
         augmenter = BatchAugmenter(config.augment, seed=config.seed)
         ds = ds.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.seed is not None)
     options = tf.data.Options()
     options.deterministic = config.seed is not None
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _pad_with_zero_weights(ds, num_examples: int, batch: int, size: int, input_context) -> tf.data.Dataset:
+    """Pad this pipeline's shard to the same whole number of batches on every pipeline, and to a
+    multiple of the replicas it feeds (each gets a full batch on every step)."""
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    replicas_per_pipeline = input_context.num_replicas_in_sync // pipelines if input_context is not None else 1
+    step = batch * replicas_per_pipeline
+    shard = -(-num_examples // pipelines)
+    length = max(1, -(-shard // step)) * step
+    label_spec = ds.element_spec[1]
+    padding = tf.data.Dataset.from_tensors(
+        (tf.zeros([size, size, 3], tf.float32), tf.zeros(label_spec.shape, label_spec.dtype), tf.constant(0.0))).repeat()
+    return ds.map(lambda x, y: (x, y, tf.constant(1.0))).concatenate(padding).take(length)
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, source: Source, config: PipelineConfig,

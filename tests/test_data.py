@@ -188,3 +188,16 @@ def test_synthetic_source():
     source = get_source("synthetic", synthetic_image_size=64, synthetic_num_classes=5, synthetic_examples=32)
     images, labels = next(iter(make_dataset(source, PipelineConfig(image_size=64, global_batch_size=16, seed=0), training=True)))
     assert images.shape == (16, 64, 64, 3) and int(tf.reduce_max(labels)) < 5
+
+
+def test_padded_eval_counts_every_example_once_in_full_batches():
+    source = get_source("digits")
+    plain = make_dataset(source, PipelineConfig(image_size=32, global_batch_size=64, seed=0), training=False)
+    padded = make_dataset(source, PipelineConfig(image_size=32, global_batch_size=64, seed=0, pad_eval=True), training=False)
+    labels = np.concatenate([y.numpy() for _, y in plain])
+    batches = list(padded)
+    assert all(x.shape[0] == 64 for x, _, _ in batches)  # static shapes, 360 -> 6 x 64
+    weights = np.concatenate([w.numpy() for _, _, w in batches])
+    padded_labels = np.concatenate([y.numpy() for _, y, _ in batches])
+    assert weights.sum() == len(labels) == 360 and len(weights) == 384
+    np.testing.assert_array_equal(padded_labels[weights == 1], labels)

@@ -32,7 +32,10 @@ def test_recipe_resolves(path):
 def test_imagenet_defaults_are_the_papers():
     config = _resolve()  # no flags at all: the papers' ImageNet hyperparameters
     assert config["optimizer"] == "rmsprop" and config["learning_rate"] == 0.016
-    assert config["warmup_epochs"] == 5 and config["lr_decay_rate"] == 0.97 and config["lr_decay_epochs"] == 2.4
+    assert config["epochs"] == 350 and config["lr_decay_rate"] == 0.97
+    assert config["resolved_warmup_epochs"] == 5 and config["resolved_lr_decay_epochs"] == 2.4
+    short = _resolve("--epochs=35")  # unset warmup/decay keep the paper's shape over a shorter run
+    assert short["resolved_warmup_epochs"] == pytest.approx(0.5) and short["resolved_lr_decay_epochs"] == pytest.approx(0.24)
     assert config["weight_decay"] == 1e-5 and config["label_smoothing"] == 0.1 and config["ema_decay"] == 0.9999
 
 

@@ -160,7 +160,7 @@ def _run_main(model_dir, *extra, timeout=600):
 
 def test_resume_after_sigkill_continues_from_last_epoch(tmp_path):
     model_dir = tmp_path / "run"
-    args = ["--epochs=3", "--steps_per_epoch=8"]
+    args = ["--epochs=3", "--steps_per_epoch=8", "--warmup_epochs=5"]  # warmup spans the kill: checks the schedule resumes
     cmd = [sys.executable, "main.py", "--model=efficientnet-b0", "--dataset=digits", f"--model_dir={model_dir}",
            "--batch_size=32", "--image_size=32", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -245,18 +245,38 @@ def test_progressive_run_records_each_stage(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_recipe_reaches_093_and_validation_tracks_training(tmp_path):
-    """The offline demo recipe (flags/digits_demo.cfg): 15 epochs of B0 on real handwritten digits.
-
-    The same command with the ImageNet default LR/schedule still ends at 0.88-0.89 (open in issue 4).
-    """
+def test_default_command_on_digits_reaches_093_and_validation_tracks_training(tmp_path):
+    """The issue's acceptance command, with every other flag at its (paper) default: 15 epochs of
+    B0 on real handwritten digits. Before BN momentum and the LR schedule followed the run's
+    length this ended at 0.81-0.89, and the seed tutorial's keras.applications run at 0.18."""
     model_dir = tmp_path / "digits"
-    cmd = [sys.executable, "main.py", "--flagfile=flags/digits_demo.cfg", f"--model_dir={model_dir}"]
+    cmd = [sys.executable, "main.py", "--model=efficientnet-b0", "--dataset=digits", "--epochs=15",
+           f"--model_dir={model_dir}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((model_dir / "eval_report.json").read_text())
     assert report["top1"] >= 0.93, report
     rows = read_history(str(model_dir))
-    last = rows[-3:]
-    for row in last:  # no train/val gap of the seed tutorial's kind (0.95 vs 0.18)
-        assert float(row["val_accuracy"]) >= float(row["accuracy"]) - 0.05, row
+    assert len(rows) == 15
+    for row in rows[-3:]:  # no train/val gap of the seed tutorial's kind (0.95 vs 0.18)
+        assert abs(float(row["val_accuracy"]) - float(row["accuracy"])) <= 0.1, row
+    assert "warmup 0.214 epochs, x0.97 every 0.103 epochs" in result.stdout  # the paper's shape, scaled
+    for name in ("history.png", "lr_schedule.png", "confusion_matrix.png", "augmented_images.png"):
+        assert (model_dir / name).stat().st_size > 10_000, name
+
+
+@pytest.mark.slow
+def test_progressive_learning_under_mirrored_strategy(tmp_path):
+    """Progressive stages change the static shape between stages; under a 2-replica strategy the
+    weights carry over and each stage's size and regularization are recorded."""
+    config = TrainConfig(model_dir=str(tmp_path), steps_per_epoch=2, progressive_stages=2, progressive_min_size=32,
+                         progressive_max_size=48, progressive_min_dropout=0.05, progressive_max_dropout=0.15,
+                         **{**QUICK, "epochs": 2})
+    trainer = Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(_two_cpus()))
+    assert trainer.replicas == 2
+    report = trainer.fit()
+    rows = read_history(str(tmp_path))
+    assert [int(r["image_size"]) for r in rows] == [32, 48]
+    assert [float(r["dropout_rate"]) for r in rows] == [0.05, 0.15]
+    assert int(trainer.optimizer.iterations.numpy()) == 4  # both stages trained the same variables
+    assert report["images"] == 360 and 0.0 <= report["top1"] <= 1.0

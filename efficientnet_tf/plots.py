@@ -1,0 +1,294 @@
+"""Figures of a training run: history curves, LR schedule, progressive stages, confusion matrix,
+augmented images.
+
+Every function builds a `matplotlib.figure.Figure` directly (no pyplot, no display, no global
+backend change, so it works on servers and leaves a notebook's backend alone), optionally saves
+it as PNG, and returns it so callers and tests can read the plotted data back.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+HISTORY_PNG = "history.png"
+LR_PNG = "lr_schedule.png"
+PROGRESSIVE_PNG = "progressive.png"
+CONFUSION_PNG = "confusion_matrix.png"
+AUGMENTED_PNG = "augmented_images.png"
+MAX_CONFUSION_CLASSES = 50  # beyond this a class-by-class matrix is unreadable
+
+
+def load_history(history) -> dict[str, np.ndarray]:
+    """Columns of a run's history as float arrays, from any of the forms a user has at hand:
+    a Keras `History`, a dict of lists, a list of row dicts, a `history.csv` path or a model_dir."""
+    if hasattr(history, "history") and isinstance(history.history, Mapping):  # keras.callbacks.History
+        columns = {k: list(v) for k, v in history.history.items()}
+        columns.setdefault("epoch", list(getattr(history, "epoch", range(len(next(iter(columns.values()), []))))))
+    elif isinstance(history, Mapping):
+        columns = {k: list(v) for k, v in history.items()}
+    elif isinstance(history, (str, os.PathLike)):
+        path = os.fspath(history)
+        if os.path.isdir(path):
+            path = os.path.join(path, "history.csv")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no history at {path}: train first, or pass a history.csv")
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        columns = _rows_to_columns(rows)
+    elif isinstance(history, Sequence):
+        columns = _rows_to_columns(history)
+    else:
+        raise TypeError(f"cannot read a history from {type(history).__name__}; pass a keras History, "
+                        "a dict of lists, a list of rows, a history.csv path or a model_dir")
+    if not columns or not any(len(v) for v in columns.values()):
+        raise ValueError("the history is empty: no epoch has finished yet")
+    length = max(len(v) for v in columns.values())
+    columns.setdefault("epoch", list(range(length)))
+    return {k: np.array([_to_float(x) for x in v], dtype=np.float64) for k, v in columns.items()}
+
+
+def _rows_to_columns(rows) -> dict[str, list]:
+    columns: dict[str, list] = {}
+    for row in rows:
+        for key, value in row.items():
+            columns.setdefault(key, []).append(value)
+    return columns
+
+
+def _to_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | None) -> Figure:
+    if path:
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.tmp.png"
+        figure.savefig(tmp, dpi=DPI)
+        os.replace(tmp, path)  # a reader never sees half a PNG
+    return figure
+
+
+def _has(columns, key) -> bool:
+    return key in columns and np.isfinite(columns[key]).any()
+
+
+def plot_history(history, path: str | None = None, title: str | None = None) -> Figure:
+    """Accuracy and loss, train and validation, against epoch (1-based, as the progress bar)."""
+    columns = load_history(history)
+    epochs = columns["epoch"] + 1
+    figure = _new_figure(11, 4.2)
+    for index, (metric, label) in enumerate((("accuracy", "accuracy"), ("loss", "loss"))):
+        axes = figure.add_subplot(1, 2, index + 1)
+        for key, name, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
+            if _has(columns, key):
+                axes.plot(epochs, columns[key], style, markersize=3, label=name)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(label)
+        axes.set_title(f"{'Accuracy' if metric == 'accuracy' else 'Loss'}")
+        if metric == "accuracy":
+            axes.set_ylim(0, 1.02)
+        else:
+            values = np.concatenate([columns[k] for k in (metric, f"val_{metric}") if _has(columns, k)])
+            values = values[np.isfinite(values) & (values > 0)]
+            if len(values) and values.max() / values.min() > 30:  # one early spike would flatten the rest
+                axes.set_yscale("log")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower right" if metric == "accuracy" else "upper right")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_lr_schedule(schedule: Callable | None = None, total_steps: int | None = None,
+                     steps_per_epoch: int = 1, history=None, path: str | None = None) -> Figure:
+    """The LR per step from a schedule (e.g. `optim.WarmupSchedule`), with the value logged at
+    the end of each epoch from a history on top, so the plan and what ran can be compared."""
+    figure = _new_figure(7, 4)
+    axes = figure.add_subplot(1, 1, 1)
+    if schedule is not None:
+        if not total_steps:
+            raise ValueError("plot_lr_schedule: total_steps is needed with a schedule")
+        steps = np.arange(total_steps)
+        values = np.array([float(schedule(step)) for step in steps])
+        axes.plot(steps / steps_per_epoch, values, "-", label="schedule")
+    if history is not None:
+        columns = load_history(history)
+        if _has(columns, "lr"):
+            axes.plot(columns["epoch"] + 1, columns["lr"], "o", markersize=4, label="logged (end of epoch)")
+    if schedule is None and history is None:
+        raise ValueError("plot_lr_schedule needs a schedule or a history with an 'lr' column")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("learning rate")
+    axes.set_title("Learning-rate schedule")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_progressive(history=None, stages: Sequence | None = None, path: str | None = None) -> Figure:
+    """Image size (left axis) and regularization (right axis) per epoch: what progressive
+    learning actually trained with. Takes a history (per-epoch columns) or planned `Stage`s."""
+    if stages is not None:
+        epochs, size, dropout, randaug, mixup = [], [], [], [], []
+        for stage in stages:
+            for epoch in range(stage.first_epoch, stage.end_epoch):
+                epochs.append(epoch)
+                size.append(stage.image_size)
+                dropout.append(stage.dropout_rate)
+                randaug.append(stage.randaug_magnitude)
+                mixup.append(stage.mixup_alpha)
+        columns = {k: np.array(v, dtype=np.float64) for k, v in dict(
+            epoch=epochs, image_size=size, dropout_rate=dropout, randaug_magnitude=randaug, mixup_alpha=mixup).items()}
+    elif history is not None:
+        columns = load_history(history)
+    else:
+        raise ValueError("plot_progressive needs a history or stages")
+    if not _has(columns, "image_size"):
+        raise ValueError("the history has no image_size column (it was not written by efficientnet_tf's trainer)")
+    epochs = columns["epoch"] + 1
+    figure = _new_figure(8, 4.2)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.step(epochs, columns["image_size"], where="mid", color="tab:blue", label="image size")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("image size (px)")
+    axes.grid(alpha=0.3)
+    right = axes.twinx()
+    for key, name, color in (("dropout_rate", "dropout", "tab:orange"),
+                             ("randaug_magnitude", "RandAugment magnitude / 10", "tab:green"),
+                             ("mixup_alpha", "mixup alpha", "tab:red")):
+        if _has(columns, key):
+            values = columns[key] / 10.0 if key == "randaug_magnitude" else columns[key]
+            right.step(epochs, values, where="mid", color=color, linestyle="--", label=name)
+    right.set_ylabel("regularization")
+    lines = axes.get_lines() + right.get_lines()
+    axes.legend(lines, [line.get_label() for line in lines], loc="upper left")
+    axes.set_title("Progressive learning: image size and regularization per epoch")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix, class_names: Sequence[str] | None = None, path: str | None = None,
+                          normalize: bool = True) -> Figure:
+    """Rows: true class; columns: predicted. Normalized per row (recall on the diagonal), with
+    counts written in the cells when there are few classes."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"a confusion matrix must be square, got shape {matrix.shape}")
+    n = matrix.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} class names for a {n}x{n} confusion matrix")
+    shown = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
+    side = min(4 + 0.45 * n, 20)
+    figure = _new_figure(side + 1.5, side)
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
+    axes.set_xticks(range(n))
+    axes.set_yticks(range(n))
+    axes.set_xticklabels(names, rotation=90 if n > 10 else 45, ha="right" if n <= 10 else "center")
+    axes.set_yticklabels(names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    axes.set_title(f"Confusion matrix (top-1 {accuracy:.3f}, {int(matrix.sum())} images)")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    axes.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=8,
+                              color="white" if shown[i, j] > 0.5 else "black")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_image_grid(images, labels=None, class_names: Sequence[str] | None = None, path: str | None = None,
+                    columns: int = 8, title: str = "Augmented training images (as fed to the model)") -> Figure:
+    """A grid of images (0..255 floats, as the pipeline emits) titled by label. One-hot or mixed
+    labels show the top class and its weight, so MixUp/CutMix are visible."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, H, W, 1|3), got {images.shape}")
+    count = len(images)
+    columns = max(1, min(columns, count))
+    rows = int(np.ceil(count / columns))
+    figure = _new_figure(1.6 * columns, 1.75 * rows + 0.5)
+    for index in range(count):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(np.clip(images[index], 0, 255).astype(np.uint8).squeeze())
+        axes.set_axis_off()
+        if labels is not None:
+            axes.set_title(_label_text(labels[index], class_names), fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _label_text(label, class_names) -> str:
+    label = np.asarray(label)
+    if label.ndim == 0:
+        index, weight = int(label), None
+    else:
+        index = int(np.argmax(label))
+        weight = float(label[index])
+    name = class_names[index] if class_names is not None and index < len(class_names) else str(index)
+    return name if weight is None or weight > 0.95 else f"{name} ({weight:.2f})"
+
+
+def save_run_plots(model_dir: str, schedule: Callable | None = None, total_steps: int | None = None,
+                   steps_per_epoch: int = 1, confusion: np.ndarray | None = None,
+                   class_names: Sequence[str] | None = None, augmented: tuple | None = None) -> list[str]:
+    """Every plot a run can draw, as PNGs in model_dir; returns their paths. What is missing
+    (e.g. no progressive stages, too many classes for a matrix) is skipped, not faked."""
+    written = []
+    columns = load_history(model_dir)
+    run = _read_json(os.path.join(model_dir, "run.json"))
+    class_names = class_names or run.get("class_names")
+    title = f"{run.get('model', '')} on {run.get('dataset', '')}".strip() if run else None
+    plot_history(columns, os.path.join(model_dir, HISTORY_PNG), title=title or None)
+    written.append(os.path.join(model_dir, HISTORY_PNG))
+    if schedule is not None or _has(columns, "lr"):
+        plot_lr_schedule(schedule, total_steps, steps_per_epoch, history=columns, path=os.path.join(model_dir, LR_PNG))
+        written.append(os.path.join(model_dir, LR_PNG))
+    stage_ids = columns.get("stage", np.array([]))
+    if _has(columns, "image_size") and len(np.unique(stage_ids[np.isfinite(stage_ids)])) > 1:
+        plot_progressive(columns, path=os.path.join(model_dir, PROGRESSIVE_PNG))
+        written.append(os.path.join(model_dir, PROGRESSIVE_PNG))
+    if confusion is None and os.path.exists(os.path.join(model_dir, "confusion_matrix.npy")):
+        confusion = np.load(os.path.join(model_dir, "confusion_matrix.npy"))
+    if confusion is not None and len(confusion) <= MAX_CONFUSION_CLASSES:
+        plot_confusion_matrix(confusion, class_names, path=os.path.join(model_dir, CONFUSION_PNG))
+        written.append(os.path.join(model_dir, CONFUSION_PNG))
+    if augmented is not None:
+        images, labels = augmented
+        plot_image_grid(images, labels, class_names, path=os.path.join(model_dir, AUGMENTED_PNG))
+        written.append(os.path.join(model_dir, AUGMENTED_PNG))
+    return written
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

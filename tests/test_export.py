@@ -1,0 +1,155 @@
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from efficientnet_tf import export
+from efficientnet_tf.input_pipeline import preprocess_eval
+from efficientnet_tf.trainer import TrainConfig, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_main(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+def test_training_run_writes_plots_and_confusion_matrix(tiny_run):
+    model_dir, report = tiny_run
+    for name in ("history.png", "lr_schedule.png", "confusion_matrix.png", "augmented_images.png"):
+        with open(os.path.join(model_dir, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+    matrix = np.load(os.path.join(model_dir, "confusion_matrix.npy"))
+    assert matrix.shape == (10, 10) and matrix.sum() == report["images"] == 360
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(report["top1"])
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    model_dir, _ = tiny_run
+    export_dir = str(tmp_path_factory.mktemp("export") / "out")
+    report = export.export_run(model_dir, export_dir, tflite=["float32", "int8"], calibration_images=32, check_images=64)
+    return model_dir, export_dir, report
+
+
+def test_saved_model_matches_keras_with_ema_weights(exported):
+    model_dir, export_dir, report = exported
+    model, info = export.load_trained_model(model_dir)
+    raw, _ = export.load_trained_model(model_dir, use_ema=False)
+    assert report["ema"] and info["ema"]
+    images, _ = export.pipeline_images(model_dir, 16, training=False)
+    expected = tf.nn.softmax(model(images, training=False)).numpy()
+    assert np.abs(expected - tf.nn.softmax(raw(images, training=False)).numpy()).max() > 1e-4  # EMA != raw
+    loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model"))
+    assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+    out = loaded.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    ids = out["top_k_ids"].numpy()
+    np.testing.assert_array_equal(ids[:, 0], expected.argmax(-1))
+    names = np.array(info["class_names"])[ids]
+    np.testing.assert_array_equal(out["top_k_names"].numpy().astype(str), names)
+    np.testing.assert_allclose(out["top_k_probabilities"].numpy(), np.take_along_axis(expected, ids, -1), atol=1e-5)
+    assert out["top_k_ids"].shape == (16, 5)
+    with open(os.path.join(export_dir, "saved_model", "labels.txt")) as f:
+        assert f.read().split("\n")[:10] == info["class_names"]
+
+
+def test_bytes_signature_decodes_and_preprocesses_in_graph(exported):
+    _, export_dir, _ = exported
+    loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model"))
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (70, 90, 3), dtype=np.uint8), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)]
+    encoded = []
+    for picture, fmt in zip(pictures, ("PNG", "JPEG")):
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, format=fmt)
+        encoded.append(buffer.getvalue())
+    out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
+    decoded = [tf.io.decode_image(data, channels=3) for data in encoded]
+    images = tf.stack([preprocess_eval(image, 32) for image in decoded])
+    reference = loaded.signatures["serving_default"](images=images)
+    np.testing.assert_allclose(out["probabilities"].numpy(), reference["probabilities"].numpy(), atol=1e-6)
+
+
+def test_tflite_files_run_and_report_agreement(exported):
+    model_dir, export_dir, report = exported
+    with open(os.path.join(export_dir, "export_report.json")) as f:
+        on_disk = json.load(f)
+    assert set(on_disk["tflite"]) == {"float32", "int8", "keras_float32"}
+    float32, int8 = on_disk["tflite"]["float32"], on_disk["tflite"]["int8"]
+    assert float32["agreement"] >= 0.99 and float32["io"] == "float32 in / float32 out"
+    assert int8["io"] == "uint8 in / uint8 out" and int8["images"] == 64
+    assert int8["size_bytes"] == os.path.getsize(os.path.join(export_dir, "model_int8.tflite"))
+    assert int8["size_bytes"] < 0.4 * float32["size_bytes"]
+    # The runner itself: float TFLite gives the Keras probabilities.
+    model, _ = export.load_trained_model(model_dir)
+    images, _ = export.pipeline_images(model_dir, 8, training=False)
+    runner = export.TFLiteRunner(os.path.join(export_dir, "model_float32.tflite"))
+    np.testing.assert_allclose(runner(images), tf.nn.softmax(model(images)).numpy(), atol=1e-4)
+
+
+def test_failed_export_keeps_the_previous_directory(tmp_path):
+    destination = tmp_path / "export"
+    destination.mkdir()
+    (destination / "good.txt").write_text("previous export")
+
+    def failing_build(path):
+        with open(os.path.join(path, "partial.bin"), "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.replace_directory(failing_build, str(destination))
+    assert os.listdir(destination) == ["good.txt"] and sorted(os.listdir(tmp_path)) == ["export"]
+
+    export.replace_directory(lambda path: open(os.path.join(path, "new.txt"), "w").close(), str(destination))
+    assert os.listdir(destination) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_bad_export_requests(tmp_path, tiny_run):
+    with pytest.raises(FileNotFoundError, match="not a training run directory"):
+        export.export_run(str(tmp_path))
+    empty = tmp_path / "run"
+    empty.mkdir()
+    with open(os.path.join(tiny_run[0], "run.json")) as f:
+        (empty / "run.json").write_text(f.read())
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        export.export_run(str(empty))
+    with pytest.raises(ValueError, match="unknown TFLite format.*'int4'.*float32, float16, dynamic, int8, int16x8"):
+        export.export_run(tiny_run[0], tflite=["int4"])
+
+
+def test_cli_export_plot_and_predict(tiny_run, tmp_path):
+    model_dir, _ = tiny_run
+    export_dir = str(tmp_path / "cli_export")
+    result = _run_main("--mode=export", f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--tflite=none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert os.path.exists(os.path.join(export_dir, "saved_model", "saved_model.pb"))
+
+    result = _run_main("--mode=plot", f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert os.path.join(model_dir, "history.png") in result.stdout
+
+    digit = tmp_path / "digit.png"
+    Image.fromarray(np.kron(np.eye(8, dtype=np.uint8) * 255, np.ones((4, 4), np.uint8))).convert("RGB").save(digit)
+    result = _run_main("--mode=predict", f"--saved_model={os.path.join(export_dir, 'saved_model')}", f"--image={digit}",
+                       str(digit))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines.count(str(digit)) == 2 and sum(line.strip().startswith(("1.", "5.")) for line in lines) == 4
+    probabilities = [float(line.split()[-1]) for line in lines if line.startswith("  ")]
+    assert all(0 <= p <= 1 for p in probabilities) and probabilities[:5] == sorted(probabilities[:5], reverse=True)
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    result = _run_main("--mode=predict", f"--model_dir={model_dir}", f"--image={bad}")
+    assert result.returncode == 2 and f"cannot read image {str(bad)!r}" in result.stderr
+    result = _run_main("--mode=export", f"--model_dir={model_dir}", "--tflite=int3")
+    assert result.returncode == 2 and "unknown --tflite format(s) int3" in result.stderr
