@@ -80,6 +80,8 @@ flags.DEFINE_boolean("dry_run", False, "Print the resolved training config as JS
 flags.DEFINE_string("export_dir", None, "export: destination (default MODEL_DIR/export); replaced atomically.")
 flags.DEFINE_list("tflite", list(TFLITE_FORMATS), f"export: TFLite formats to write ({', '.join(TFLITE_FORMATS)}); "
                   "'none' for the SavedModel only.")
+flags.DEFINE_integer("check_images", 2000, "export: eval images on which each TFLite model is compared with the "
+                     "float model (0: the whole eval split).")
 flags.DEFINE_enum("int8_io", "uint8", ["uint8", "int8"], "export: input/output type of the full-integer TFLite model.")
 flags.DEFINE_string("saved_model", None, "predict: an exported SavedModel directory (instead of --model_dir).")
 flags.DEFINE_multi_string("image", None, "predict: image file(s); more paths may follow as plain arguments.")
@@ -165,7 +167,8 @@ def run_export() -> None:
     unknown = [f for f in formats if f not in TFLITE_FORMATS]
     if unknown:
         raise ValueError(f"unknown --tflite format(s) {', '.join(unknown)}; choose from {', '.join(TFLITE_FORMATS)} or none")
-    report = export_run(model_dir, FLAGS.export_dir, formats, integer_io=FLAGS.int8_io)
+    report = export_run(model_dir, FLAGS.export_dir, formats, integer_io=FLAGS.int8_io,
+                        check_images=FLAGS.check_images or None)
     print(f"SavedModel: {os.path.join(report['export_dir'], 'saved_model')} "
           f"({report['saved_model_bytes'] / 1e6:.1f} MB, {'EMA' if report['ema'] else 'raw'} weights of {report['checkpoint']})")
     if formats:

@@ -9,6 +9,11 @@ ours/keras (goal >= 1.0), and achieved FLOP/s as a fraction of the measured matm
     python benchmarks/training_throughput.py                  # B0, B3, V2-S at 32 px and native, XLA off/on
     python benchmarks/training_throughput.py --models efficientnet-b0 --sizes 224 --xla off
     python benchmarks/training_throughput.py --quick          # B0 at 32 px, XLA off/on: about a minute
+    python benchmarks/training_throughput.py --breakdown --sizes 224   # where B0's step time goes
+
+--breakdown answers "where does the time go" by ablation, measured interleaved like the rest:
+B0 as published against B0 without squeeze-excite, with ReLU instead of swish, and without
+stochastic depth. (Measurement only: the shipped models keep the published math.)
 """
 
 from __future__ import annotations
@@ -50,7 +55,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--quick", action="store_true", help="B0 at 32 px, batch 16, XLA off/on, 2 rounds")
+    parser.add_argument("--breakdown", action="store_true", help="ablate SE / swish / stochastic depth of B0")
     args = parser.parse_args(argv)
+    if args.breakdown:
+        return breakdown(args)
     if args.quick:
         args.models, args.sizes, args.batch_size, args.steps, args.rounds = ["efficientnet-b0"], ["32"], 16, 3, 2
 
@@ -89,6 +97,46 @@ def main(argv=None) -> int:
                 print(f"{name:<18} {size:>5} {xla:>4} {rates['ours']:>11.1f} {rates['keras']:>12.1f} {ratio:>5.2f}x "
                       f"{100 * fraction:>6.1f}%", flush=True)
                 print(f"ratio ours/keras {name} {size}px XLA {xla}: {ratio:.2f}x")
+    return 0
+
+
+def breakdown(args) -> int:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from efficientnet_tf import build_efficientnet, get_config
+    from efficientnet_tf.builder import custom_config
+
+    base = get_config("efficientnet-b0")
+    no_se = [s.replace("_se0.25", "") for s in base.block_strings]
+    variants = {
+        "b0 (published)": base,
+        "without SE": custom_config(no_se, name="b0-no-se"),
+        "ReLU for swish": custom_config(list(base.block_strings), name="b0-relu", activation="relu"),
+        "no stochastic depth": custom_config(list(base.block_strings), name="b0-no-sd", drop_connect_rate=0.0),
+    }
+    size = base.resolution if args.sizes == ["32", "native"] else (
+        base.resolution if args.sizes[0] == "native" else int(args.sizes[0]))
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0, 255, (args.batch_size, size, size, 3)).astype("float32"))
+    labels = tf.constant(rng.integers(0, 1000, args.batch_size).astype("int32"))
+    print(f"machine: {common.machine()}")
+    keras.backend.clear_session()
+    steps = {}
+    for label, config in variants.items():
+        model = build_efficientnet(config, input_shape=(size, size, 3), classifier_activation=None)
+        steps[label] = train_step(model, args.xla == ["on"])
+        steps[label](images, labels).numpy()
+        steps[label](images, labels).numpy()
+    rates = common.interleaved({k: (lambda s=s: s(images, labels).numpy()) for k, s in steps.items()},
+                               args.steps, args.rounds, args.batch_size)
+    full = 1.0 / rates["b0 (published)"]
+    print(f"B0 train step at {size}px, batch {args.batch_size}, XLA {'on' if args.xla == ['on'] else 'off'}")
+    print(f"{'variant':<22} {'img/s':>8} {'share of step time':>19}")
+    for label, rate in rates.items():
+        share = "" if label == "b0 (published)" else f"{100 * (full - 1.0 / rate) / full:>18.1f}%"
+        print(f"{label:<22} {rate:>8.1f} {share:>19}")
     return 0
 
 

@@ -483,7 +483,8 @@ class Trainer:
             self._print(f"final eval ({'EMA weights' if self.ema else 'weights'}): top-1 {report['top1']:.4f}, "
                         f"top-5 {report['top5']:.4f}, loss {report['loss']:.4f}, {report['images_per_sec']:.1f} images/s")
             written = self.save_plots(confusion)
-            self._print(f"plots: {', '.join(os.path.basename(p) for p in written)} in {config.model_dir}")
+            if written:
+                self._print(f"plots: {', '.join(os.path.basename(p) for p in written)} in {config.model_dir}")
         self._cleanup_worker_dir()
         return report
 
@@ -498,6 +499,13 @@ class Trainer:
         """History, LR schedule, progressive stages, confusion matrix and augmented images as PNGs."""
         from efficientnet_tf import plots
 
+        try:
+            return self._draw_plots(plots, confusion)
+        except (OSError, ValueError, RuntimeError) as err:  # a figure must not fail a finished run
+            self._print(f"warning: plots not written ({type(err).__name__}: {err})")
+            return []
+
+    def _draw_plots(self, plots, confusion):
         return plots.save_run_plots(
             self.config.model_dir, schedule=self.schedule, total_steps=self.steps_per_epoch * self.config.epochs,
             steps_per_epoch=self.steps_per_epoch, confusion=confusion, class_names=self.source.class_names,

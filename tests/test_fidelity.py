@@ -29,7 +29,9 @@ def _check_same_model(name, tmp_path, include_top=True):
     ours = build_model(name, input_shape=(SIZE, SIZE, 3), include_top=include_top, weights=path,
                        classifier_activation=None)
     assert ours.count_params() == reference.count_params()
-    np.testing.assert_allclose(ours(images, training=False).numpy(), expected, atol=1e-4, rtol=1e-4)
+    # 5e-4: oneDNN's multithreaded convolutions round differently under CPU contention (measured:
+    # 1.9e-4 on 2 of 20480 V2-B0 features in a parallel CI run); a wrong weight differs by O(1).
+    np.testing.assert_allclose(ours(images, training=False).numpy(), expected, atol=5e-4, rtol=5e-4)
 
     # Keras' own loaders: legacy HDF5 is loaded by weight order, or by name on request.
     for by_name in (False, True):
@@ -38,7 +40,7 @@ def _check_same_model(name, tmp_path, include_top=True):
             fresh.load_weights(path, by_name=True)
         else:
             fresh.load_weights(path)
-        np.testing.assert_allclose(fresh(images, training=False).numpy(), expected, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(fresh(images, training=False).numpy(), expected, atol=5e-4, rtol=5e-4)
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -74,7 +76,9 @@ def test_official_v1_file_convention_gives_imagenet_preprocessing(tmp_path):
     expected = reference(images, training=False).numpy()
 
     ours = build_model("efficientnet-b0", input_shape=(SIZE, SIZE, 3), weights=path, classifier_activation=None)
-    np.testing.assert_allclose(ours(images, training=False).numpy(), expected, atol=1e-4, rtol=1e-4)
+    # 5e-4: oneDNN's multithreaded convolutions round differently under CPU contention (measured:
+    # 1.9e-4 on 2 of 20480 V2-B0 features in a parallel CI run); a wrong weight differs by O(1).
+    np.testing.assert_allclose(ours(images, training=False).numpy(), expected, atol=5e-4, rtol=5e-4)
 
 
 def test_transfer_keeps_fresh_head_and_loads_backbone(tmp_path):
