@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from efficientnet_tf.builder import build_model
 from efficientnet_tf.input_pipeline import preprocess_eval
+from efficientnet_tf.trainer import WeightAverage, atomic_write, current_umask, load_run_config
 
 TFLITE_QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 NEEDS_REPRESENTATIVE_DATA = ("int8", "int16x8")
@@ -33,8 +34,6 @@ SIGNATURE_BYTES = "serving_bytes"
 def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Model, dict]:
     """The newest checkpoint of a run as a float32 Keras model that outputs logits, with the
     EMA weights when the run kept them (what the papers evaluate), and the run info."""
-    from efficientnet_tf.trainer import WeightAverage, load_run_config
-
     config, info = load_run_config(model_dir)
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
     latest = tf.train.latest_checkpoint(checkpoint_dir)
@@ -110,7 +109,7 @@ def replace_directory(build, destination: str) -> str:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; an export is meant to be shared
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; an export is meant to be shared
     retired = None
     if os.path.exists(destination):
         retired = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.old-", dir=parent)
@@ -237,11 +236,7 @@ def export_tflite(model: keras.Model, export_dir: str, quantizations: Sequence[s
     for quantization in quantizations:
         content = convert_tflite(model, quantization, images, integer_io)
         path = os.path.join(export_dir, f"model_{quantization}.tflite")
-        fd, tmp = tempfile.mkstemp(dir=export_dir, prefix=".tmp_", suffix=".tflite")
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        atomic_write(path, content)
         paths[quantization] = path
     return paths
 
@@ -290,15 +285,16 @@ def format_report(report: dict[str, dict]) -> str:
 def pipeline_images(model_dir: str, count: int, training: bool):
     """Images (float 0..255) and labels from a run's own data pipeline: the training pipeline
     (random crops, no RandAugment/mixup) for calibration, the eval pipeline for agreement."""
-    from efficientnet_tf.data import get_source
-    from efficientnet_tf.input_pipeline import PipelineConfig, make_dataset
     from efficientnet_tf.trainer import load_run_config
 
     config, info = load_run_config(model_dir)
-    source = get_source(config.dataset, config.data_dir, validation_fraction=config.validation_fraction,
-                        seed=config.seed or 0, on_bad_image="skip")
-    pipeline = PipelineConfig(image_size=int(info["image_size"]), global_batch_size=min(count, 64),
-                              seed=config.seed, drop_remainder=False)
+    return _take_images(config.load_source("skip"), int(info["image_size"]), config.seed, count, training)
+
+
+def _take_images(source, image_size: int, seed: int | None, count: int, training: bool):
+    from efficientnet_tf.input_pipeline import PipelineConfig, make_dataset
+
+    pipeline = PipelineConfig(image_size=image_size, global_batch_size=min(count, 64), seed=seed, drop_remainder=False)
     images, labels = [], []
     for batch_images, batch_labels in make_dataset(source, pipeline, training=training, repeat=training):
         images.append(batch_images.numpy())
@@ -329,9 +325,11 @@ def export_run(model_dir: str, export_dir: str | None = None, tflite: Sequence[s
               "image_size": size}
     representative = eval_images = eval_labels = None
     if tflite:
+        config, _ = load_run_config(model_dir)
+        source = config.load_source("skip")  # once, for calibration and for the agreement check
         if any(q in NEEDS_REPRESENTATIVE_DATA for q in tflite):
-            representative, _ = pipeline_images(model_dir, calibration_images, training=True)
-        eval_images, eval_labels = pipeline_images(model_dir, check_images or 10**9, training=False)
+            representative, _ = _take_images(source, size, config.seed, calibration_images, training=True)
+        eval_images, eval_labels = _take_images(source, size, config.seed, check_images or 10**9, training=False)
 
     def build(path):
         saved_model = os.path.join(path, "saved_model")
@@ -347,12 +345,6 @@ def export_run(model_dir: str, export_dir: str | None = None, tflite: Sequence[s
     replace_directory(build, export_dir)
     report["export_dir"] = os.path.abspath(export_dir)
     return report
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _directory_size(path: str) -> int:

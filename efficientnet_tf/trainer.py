@@ -139,6 +139,16 @@ class TrainConfig:
         decay = PAPER_DECAY_EPOCHS * scale if self.lr_decay_epochs is None else self.lr_decay_epochs
         return warmup, decay
 
+    def make_schedule(self, base_lr: float, steps_per_epoch: int) -> WarmupSchedule:
+        warmup, decay = self.schedule_epochs()
+        return WarmupSchedule(base_lr, steps_per_epoch, steps_per_epoch * self.epochs, self.lr_schedule, warmup,
+                              self.lr_decay_rate, decay)
+
+    def load_source(self, on_bad_image: str | None = None):
+        """The run's dataset, with the same seeded train/eval split every time."""
+        return get_source(self.dataset, self.data_dir, validation_fraction=self.validation_fraction,
+                          seed=self.seed or 0, on_bad_image=on_bad_image or self.on_bad_image)
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -153,6 +163,15 @@ class Stage:
     mixup_alpha: float
     frozen: bool = False
     lr_scale: float = 1.0
+
+
+def stage_pipeline(config: TrainConfig, stage: Stage, training: bool, one_hot: bool = False) -> PipelineConfig:
+    """The input pipeline a stage trains (or evaluates) with."""
+    augment = AugmentConfig(config.randaug_layers if stage.randaug_magnitude > 0 else 0, stage.randaug_magnitude,
+                            stage.mixup_alpha, config.cutmix_alpha) if training else AugmentConfig()
+    return PipelineConfig(image_size=stage.image_size, global_batch_size=config.batch_size, augment=augment,
+                          one_hot=one_hot, seed=config.seed, drop_remainder=True if training else None,
+                          pad_eval=not training)
 
 
 def plan_stages(config: TrainConfig, image_size: int, dropout_rate: float) -> list[Stage]:
@@ -234,12 +253,21 @@ class WeightAverage(tf.Module):
             shadow.assign(current)
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, data: str | bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader (or a crash) never sees
+    half a file. Permissions follow the umask like a plain open() (mkstemp's are private)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    os.chmod(tmp, 0o666 & ~current_umask())
     os.replace(tmp, path)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_history(model_dir: str) -> list[dict]:
@@ -254,7 +282,7 @@ def _write_history(model_dir: str, rows: list[dict]) -> None:
     lines = [",".join(HISTORY_COLUMNS)]
     for row in rows:
         lines.append(",".join(str(row.get(c, "")) for c in HISTORY_COLUMNS))
-    _atomic_write(os.path.join(model_dir, "history.csv"), "\n".join(lines) + "\n")
+    atomic_write(os.path.join(model_dir, "history.csv"), "\n".join(lines) + "\n")
 
 
 class Trainer:
@@ -275,8 +303,7 @@ class Trainer:
         self.device = distribute.device_kind(self.strategy)
         self.jit_compile = config.jit_compile if config.jit_compile is not None else self.device == "tpu"
 
-        self.source = get_source(config.dataset, config.data_dir, validation_fraction=config.validation_fraction,
-                                 seed=config.seed or 0, on_bad_image=config.on_bad_image)
+        self.source = config.load_source()
         model_config = get_config(config.model)
         if config.image_size:
             self.image_size = config.image_size
@@ -311,10 +338,7 @@ class Trainer:
                 for layer in self.model.layers:
                     if isinstance(layer, keras.layers.BatchNormalization):
                         layer.synchronized = True
-            total_steps = self.steps_per_epoch * config.epochs
-            warmup, decay = config.schedule_epochs()
-            self.schedule = WarmupSchedule(self.base_lr, self.steps_per_epoch, total_steps, config.lr_schedule,
-                                           warmup, config.lr_decay_rate, decay)
+            self.schedule = config.make_schedule(self.base_lr, self.steps_per_epoch)
             self.lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
             self.optimizer = make_optimizer(
                 config.optimizer, lambda: self.schedule(self._optimizer_steps()) * self.lr_scale,
@@ -350,11 +374,7 @@ class Trainer:
             print(*args, flush=True)
 
     def _pipeline(self, stage: Stage, training: bool) -> PipelineConfig:
-        augment = AugmentConfig(self.config.randaug_layers if stage.randaug_magnitude > 0 else 0, stage.randaug_magnitude,
-                                stage.mixup_alpha, self.config.cutmix_alpha) if training else AugmentConfig()
-        return PipelineConfig(image_size=stage.image_size, global_batch_size=self.config.batch_size, augment=augment,
-                              one_hot=self.one_hot, seed=self.config.seed, drop_remainder=True if training else None,
-                              pad_eval=not training)
+        return stage_pipeline(self.config, stage, training, self.one_hot)
 
     def _trainable_variables(self, stage: Stage):
         if not stage.frozen:
@@ -478,7 +498,7 @@ class Trainer:
         report = self.evaluate(confusion=True)
         confusion = report.pop("confusion_matrix")
         if self.chief:
-            _atomic_write(os.path.join(config.model_dir, "eval_report.json"), json.dumps(report, indent=2) + "\n")
+            atomic_write(os.path.join(config.model_dir, "eval_report.json"), json.dumps(report, indent=2) + "\n")
             np.save(os.path.join(config.model_dir, "confusion_matrix.npy"), confusion)
             self._print(f"final eval ({'EMA weights' if self.ema else 'weights'}): top-1 {report['top1']:.4f}, "
                         f"top-5 {report['top5']:.4f}, loss {report['loss']:.4f}, {report['images_per_sec']:.1f} images/s")
@@ -490,10 +510,7 @@ class Trainer:
 
     def augmented_batch(self, count: int = 32, stage: Stage | None = None):
         """(images, labels) exactly as the training pipeline feeds them (first stage by default)."""
-        stage = stage or self.stages[0]
-        config = dataclasses.replace(self._pipeline(stage, True), global_batch_size=count)
-        images, labels = next(iter(make_dataset(self.source, config, training=True, repeat=True)))
-        return images.numpy(), labels.numpy()
+        return augmented_batch(self.source, self._pipeline(stage or self.stages[0], True), count)
 
     def save_plots(self, confusion: np.ndarray | None = None) -> list[str]:
         """History, LR schedule, progressive stages, confusion matrix and augmented images as PNGs."""
@@ -522,7 +539,7 @@ class Trainer:
             "base_lr": self.base_lr,
             "config": dataclasses.asdict(self.config),
         }
-        _atomic_write(os.path.join(self.config.model_dir, "run.json"), json.dumps(info, indent=2) + "\n")
+        atomic_write(os.path.join(self.config.model_dir, "run.json"), json.dumps(info, indent=2) + "\n")
 
     def _restore(self) -> int:
         """Resume from the newest readable checkpoint of the chief (every worker reads it)."""
@@ -674,6 +691,12 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
     return Trainer(config, verbose=verbose).fit()
 
 
+def augmented_batch(source, pipeline: PipelineConfig, count: int = 32):
+    pipeline = dataclasses.replace(pipeline, global_batch_size=count)
+    images, labels = next(iter(make_dataset(source, pipeline, training=True, repeat=True)))
+    return images.numpy(), labels.numpy()
+
+
 def load_run_config(model_dir: str) -> tuple[TrainConfig, dict]:
     """The TrainConfig a run was started with (from model_dir/run.json) and the run info."""
     path = os.path.join(model_dir, "run.json")
@@ -693,22 +716,13 @@ def replot_run(model_dir: str, with_images: bool = True) -> list[str]:
 
     config, info = load_run_config(model_dir)
     steps_per_epoch = int(info.get("steps_per_epoch", 1))
-    schedule = None
-    if "base_lr" in info:
-        warmup, decay = config.schedule_epochs()
-        schedule = WarmupSchedule(info["base_lr"], steps_per_epoch, steps_per_epoch * config.epochs, config.lr_schedule,
-                                  warmup, config.lr_decay_rate, decay)
+    schedule = config.make_schedule(info["base_lr"], steps_per_epoch) if "base_lr" in info else None
     augmented = None
     if with_images:
         try:
-            source = get_source(config.dataset, config.data_dir, validation_fraction=config.validation_fraction,
-                                seed=config.seed or 0, on_bad_image="skip")
-            pipeline = PipelineConfig(image_size=int(info["image_size"]), global_batch_size=32,
-                                      augment=AugmentConfig(config.randaug_layers if config.randaug_magnitude > 0 else 0,
-                                                            config.randaug_magnitude, config.mixup_alpha, config.cutmix_alpha),
-                                      seed=config.seed)
-            images, labels = next(iter(make_dataset(source, pipeline, training=True, repeat=True)))
-            augmented = (images.numpy(), labels.numpy())
+            dropout = get_config(config.model).dropout_rate if config.dropout_rate is None else config.dropout_rate
+            first_stage = plan_stages(config, int(info["image_size"]), dropout)[0]  # as the end of training draws it
+            augmented = augmented_batch(config.load_source("skip"), stage_pipeline(config, first_stage, True))
         except (OSError, ValueError) as err:
             log.warning("augmented-image grid left out: dataset %s unavailable (%s)", config.dataset, err)
     return plots.save_run_plots(model_dir, schedule=schedule, total_steps=steps_per_epoch * config.epochs,

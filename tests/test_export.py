@@ -11,7 +11,6 @@ from PIL import Image
 
 from efficientnet_tf import export
 from efficientnet_tf.input_pipeline import preprocess_eval
-from efficientnet_tf.trainer import TrainConfig, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
