@@ -7,6 +7,7 @@ the run's training pipeline (with --model_dir) or on random images.
     python benchmarks/inference.py                                     # efficientnet-lite0 and b0 at 224
     python benchmarks/inference.py --model_dir=runs/efficientnet-lite0-digits
     python benchmarks/inference.py --quick                             # lite0 at 64 px: about a minute
+    python benchmarks/inference.py --quick --json out.json             # also write figures + raw rounds
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=10, help="calls per measurement (batch 1; fewer for large batches)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="lite0 at 64 px, 2 rounds")
+    parser.add_argument("--json", help="also write the table (with every round's images and seconds) here")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.image_size, args.rounds, args.calls = ["efficientnet-lite0"], 64, 2, 5
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
     print(f"machine: {common.machine()}")
     rng = np.random.default_rng(0)
     models = [args.model_dir] if args.model_dir else args.models
+    results = []
     for entry in models:
         keras.backend.clear_session()
         if args.model_dir:
@@ -66,6 +69,9 @@ def main(argv=None) -> int:
             print(f"\n{name} at {size}px: SavedModel and TFLite {', '.join(FORMATS)} "
                   f"({', '.join(f'{q} {os.path.getsize(p) / 1e6:.1f} MB' for q, p in paths.items())})")
             print(f"{'format':<18} {'batch':>5} {'ms/batch':>9} {'images/s':>9}")
+            result = {"model": name, "image_size": size,
+                      "file_bytes": {q: os.path.getsize(p) for q, p in paths.items()}, "batches": []}
+            results.append(result)
             for batch in args.batches:
                 images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
                 tensor = tf.constant(images)
@@ -77,11 +83,20 @@ def main(argv=None) -> int:
                 for fn in runners.values():
                     fn()  # warm-up (allocation, tracing)
                 calls = max(2, args.calls // max(1, batch // 8))
-                rates = common.interleaved(runners, calls, args.rounds, batch)
+                samples = {}
+                # Images counted from each call's output rows: a runner that silently served
+                # fewer images than it was given cannot look fast.
+                rates = common.interleaved(runners, calls, args.rounds, batch, samples=samples,
+                                           count_items=lambda out: int(np.shape(out)[0]))
                 for label, rate in rates.items():
                     print(f"{label:<18} {batch:>5} {1e3 * batch / rate:>9.2f} {rate:>9.1f}")
                 speedup = rates["tflite_int8"] / rates["saved_model"]
                 print(f"ratio tflite_int8/saved_model {name} batch {batch}: {speedup:.2f}x")
+                result["batches"].append({
+                    "batch": batch, "speedup_tflite_int8_vs_saved_model": speedup,
+                    "formats": {k: {"images_per_sec": rates[k], "ms_per_batch": 1e3 * batch / rates[k],
+                                    "rounds": samples[k]} for k in runners}})
+    common.write_json(args.json, {"machine": common.machine(), "results": results})
     return 0
 
 

@@ -9,19 +9,20 @@ and prints their ratio (goal: >= 3x for efficientnet-b0 at 224).
 
     python benchmarks/input_pipeline.py                 # b0, 224px, batch 32
     python benchmarks/input_pipeline.py --quick         # small and fast: keeps the script working
+    python benchmarks/input_pipeline.py --json out.json # also write the figures and raw rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -38,11 +39,13 @@ def write_jpegs(root: str, count: int, size=(375, 500), classes: int = 10) -> No
         Image.fromarray(small).resize((size[1], size[0]), Image.BICUBIC).save(os.path.join(folder, f"{i}.jpg"), quality=90)
 
 
-def rate(fn, images_per_call: int, calls: int) -> float:
+def timed_round(fn, calls: int, count_images) -> dict:
+    """{"items": images really produced, "seconds": wall time} of `calls` calls of fn."""
+    images = 0
     start = time.perf_counter()
     for _ in range(calls):
-        fn()
-    return images_per_call * calls / (time.perf_counter() - start)
+        images += count_images(fn())
+    return {"items": images, "seconds": time.perf_counter() - start}
 
 
 def main(argv=None) -> int:
@@ -56,6 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--randaug_layers", type=int, default=2)
     parser.add_argument("--randaug_magnitude", type=float, default=9)
     parser.add_argument("--quick", action="store_true", help="64px, batch 8, 2 rounds: seconds, not minutes")
+    parser.add_argument("--json", help="also write the figures and every round's images and seconds here")
     args = parser.parse_args(argv)
     if args.quick:
         args.image_size, args.batch_size, args.rounds, args.batches, args.drain = 64, 8, 2, 4, 4
@@ -85,23 +89,34 @@ def main(argv=None) -> int:
         labels = tf.zeros((args.batch_size,), tf.int32)
         model.train_on_batch(images, labels)  # warm-up: traces the train step
 
-        pipeline_rates, model_rates = [], []
+        pipeline_rounds, model_rounds = [], []
         for _ in range(args.rounds):
             # A fresh iterator per round, drained past its prefetch buffer before timing, and
             # deleted before the model runs: neither side borrows the other's CPU time.
             batches = iter(dataset)
             for _ in range(args.drain):
                 next(batches)
-            pipeline_rates.append(rate(lambda: next(batches), args.batch_size, args.batches))
+            # Count the images each batch really holds, so a pipeline yielding short batches
+            # cannot look fast.
+            pipeline_rounds.append(timed_round(lambda: next(batches), args.batches, lambda b: int(b[0].shape[0])))
             del batches
-            model_rates.append(rate(lambda: model.train_on_batch(images, labels), args.batch_size, args.batches))
-    pipe, step = statistics.median(pipeline_rates), statistics.median(model_rates)
+            model_rounds.append(timed_round(lambda: model.train_on_batch(images, labels), args.batches,
+                                            lambda _: args.batch_size))
+    pipe, step = common.median_rate(pipeline_rounds), common.median_rate(model_rounds)
     print(f"machine: {os.cpu_count()} CPU cores, TF {tf.__version__}")
     print(f"settings: {args.model} {args.image_size}px batch {args.batch_size}, "
           f"RandAugment {args.randaug_layers}x{args.randaug_magnitude:g}, {args.rounds} interleaved rounds")
     print(f"pipeline (decode+crop+augment): {pipe:8.1f} images/s")
     print(f"model train step:               {step:8.1f} images/s")
     print(f"ratio pipeline/model: {pipe / step:.2f}x (goal >= 3x)")
+    common.write_json(args.json, {
+        "settings": {"model": args.model, "image_size": args.image_size, "batch_size": args.batch_size,
+                     "rounds": args.rounds, "batches": args.batches, "randaug_layers": args.randaug_layers,
+                     "randaug_magnitude": args.randaug_magnitude},
+        "pipeline": {"images_per_sec": pipe, "rounds": pipeline_rounds},
+        "model": {"images_per_sec": step, "rounds": model_rounds},
+        "ratio": pipe / step,
+    })
     return 0
 
 

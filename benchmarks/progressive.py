@@ -9,6 +9,7 @@ ratio is reported whichever way it goes. Training time is the sum of the epochs'
     python benchmarks/progressive.py                         # digits, B0, 15 epochs, 32->64 px vs 64 px
     python benchmarks/progressive.py --dataset=cifar10 --epochs=30 --target=0.85
     python benchmarks/progressive.py --quick                 # lite0, 2 short epochs: about two minutes
+    python benchmarks/progressive.py --quick --json out.json # also write figures + every epoch
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--steps_per_epoch", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="lite0, 2 epochs of 4 steps, 2 stages, 32->48 px")
+    parser.add_argument("--json", help="also write both runs' epochs (size, images, images/s, val top-1) here")
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.epochs, args.stages, args.size, args.steps_per_epoch, args.target = (
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
         "progressive": dict(progressive_stages=args.stages, progressive_min_size=args.min_size,
                             progressive_min_dropout=0.1, progressive_max_dropout=0.2),
     }
-    results = {}
+    results, runs = {}, {}
     for label, extra in variants.items():
         keras.backend.clear_session()
         with tempfile.TemporaryDirectory() as model_dir:
@@ -72,6 +74,13 @@ def main(argv=None) -> int:
             reached, total = time_to_target(rows, args.batch_size, args.target)
             sizes = sorted({int(r["image_size"]) for r in rows})
             results[label] = (reached, total, report["top1"])
+            runs[label] = {
+                "sizes": sizes, "train_seconds": total, "final_top1": float(report["top1"]),
+                "reached_target": None if reached is None else {"epoch": reached[0], "train_seconds": reached[1]},
+                "epochs": [{"epoch": int(r["epoch"]), "image_size": int(r["image_size"]),
+                            "images": r["images_per_epoch"], "images_per_sec": float(r["images_per_sec"]),
+                            "val_accuracy": float(r["val_accuracy"])} for r in rows],
+            }
             reach = f"epoch {reached[0]}, {reached[1]:.1f} s" if reached else "not reached"
             print(f"{label:<12} sizes {sizes}: train time {total:.1f} s, final top-1 {report['top1']:.4f}, "
                   f"target {args.target} {reach}", flush=True)
@@ -81,6 +90,11 @@ def main(argv=None) -> int:
         print(f"ratio time-to-target fixed/progressive: {fixed_reach[1] / prog_reach[1]:.2f}x")
     else:
         print("ratio time-to-target: n/a (" + ", ".join(k for k, v in results.items() if not v[0]) + " did not reach it)")
+    common.write_json(args.json, {
+        "machine": common.machine(), "target": args.target, "batch_size": args.batch_size, "runs": runs,
+        "ratio_whole_budget": fixed_total / prog_total,
+        "ratio_time_to_target": fixed_reach[1] / prog_reach[1] if fixed_reach and prog_reach else None,
+    })
     return 0
 
 

@@ -10,6 +10,7 @@ ours/keras (goal >= 1.0), and achieved FLOP/s as a fraction of the measured matm
     python benchmarks/training_throughput.py --models efficientnet-b0 --sizes 224 --xla off
     python benchmarks/training_throughput.py --quick          # B0 at 32 px, XLA off/on: about a minute
     python benchmarks/training_throughput.py --breakdown --sizes 224   # where B0's step time goes
+    python benchmarks/training_throughput.py --quick --json out.json  # also write figures + raw rounds
 
 --breakdown answers "where does the time go" by ablation, measured interleaved like the rest:
 B0 as published against B0 without squeeze-excite, with ReLU instead of swish, and without
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--quick", action="store_true", help="B0 at 32 px, batch 16, XLA off/on, 2 rounds")
     parser.add_argument("--breakdown", action="store_true", help="ablate SE / swish / stochastic depth of B0")
+    parser.add_argument("--json", help="also write the table (with every round's images and seconds) here")
     args = parser.parse_args(argv)
     if args.breakdown:
         return breakdown(args)
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     print(f"peak: {peak / 1e9:.1f} GFLOP/s (best float32 2048x2048 matmul, all cores)")
     print(f"{'model':<18} {'size':>5} {'XLA':>4} {'ours img/s':>11} {'keras img/s':>12} {'ratio':>6} {'% peak':>7}")
     rng = np.random.default_rng(0)
+    rows = []
     for name in args.models:
         for size_arg in args.sizes:
             size = get_config(name).resolution if size_arg == "native" else int(size_arg)
@@ -90,13 +93,18 @@ def main(argv=None) -> int:
                 for step in steps.values():  # compile + warm-up
                     step(images, labels).numpy()
                     step(images, labels).numpy()
+                samples = {}
                 rates = common.interleaved({k: (lambda s=s: s(images, labels).numpy()) for k, s in steps.items()},
-                                           args.steps, args.rounds, args.batch_size)
+                                           args.steps, args.rounds, args.batch_size, samples=samples)
                 ratio = rates["ours"] / rates["keras"]
                 fraction = rates["ours"] * train_flops / peak
                 print(f"{name:<18} {size:>5} {xla:>4} {rates['ours']:>11.1f} {rates['keras']:>12.1f} {ratio:>5.2f}x "
                       f"{100 * fraction:>6.1f}%", flush=True)
                 print(f"ratio ours/keras {name} {size}px XLA {xla}: {ratio:.2f}x")
+                rows.append({"model": name, "size": size, "xla": xla, "batch_size": args.batch_size,
+                             "train_flops_per_image": train_flops, "ratio": ratio, "fraction_of_peak": fraction,
+                             **{k: {"images_per_sec": rates[k], "rounds": samples[k]} for k in steps}})
+    common.write_json(args.json, {"machine": common.machine(), "peak_flops": peak, "rows": rows})
     return 0
 
 

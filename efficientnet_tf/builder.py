@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import numbers
+import sys
+import threading
 from typing import Sequence
 
 import keras
@@ -16,15 +20,55 @@ from efficientnet_tf.layers import (
     DENSE_KERNEL_INITIALIZER,
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
+    InputRescaling,
+    SamePadding2D,
     StdNormalization,
     batch_norm,
     conv,
-    correct_pad,
     fused_mbconv_block,
     mbconv_block,
 )
 
 MIN_INPUT_SIZE = 32
+# Keras orders a functional graph with one Python frame per layer on its longest path
+# (keras/src/ops/function.py `_build_map_helper`); no block of ours has more layers than this.
+_MAX_LAYERS_PER_BLOCK = 24
+_recursion_lock = threading.Lock()
+_recursion_users = 0
+_recursion_saved_limit = 0
+
+
+def _stack_depth() -> int:
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    return depth
+
+
+@contextlib.contextmanager
+def _recursion_headroom(frames: int):
+    """Let `frames` more Python frames nest than the caller has now, then restore the limit.
+
+    V2-XL and L2 have ~1,300 layers in one chain, more than Python's default limit of 1,000
+    frames, and the caller's own stack (a notebook, a pytest-xdist worker) comes on top. The
+    limit is raised only while the graph is ordered and put back after, so the process keeps
+    the limit it had. Nested or concurrent builds share one raise; the last one out restores.
+    """
+    global _recursion_users, _recursion_saved_limit
+    needed = _stack_depth() + frames
+    with _recursion_lock:
+        if _recursion_users == 0:
+            _recursion_saved_limit = sys.getrecursionlimit()
+        _recursion_users += 1
+        if needed > sys.getrecursionlimit():
+            sys.setrecursionlimit(needed)
+    try:
+        yield
+    finally:
+        with _recursion_lock:
+            _recursion_users -= 1
+            if _recursion_users == 0:
+                sys.setrecursionlimit(_recursion_saved_limit)
 
 
 def round_filters(filters: float, width_coefficient: float, divisor: int = 8, guard: bool = True) -> int:
@@ -115,23 +159,30 @@ def _preprocess(x, config: ModelConfig):
     """Raw 0..255 RGB in; the normalization the variant was trained with out."""
     kind = config.preprocessing
     if kind == configs.PREPROCESS_IMAGENET_STD:
-        x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
+        x = InputRescaling(1.0 / 255.0, min_size=MIN_INPUT_SIZE, name="rescaling")(x)
         return StdNormalization(name="normalization")(x)
     if kind == configs.PREPROCESS_IMAGENET_CONST:
         scale = [1.0 / (255.0 * s) for s in IMAGENET_STD_RGB]
         offset = [-m / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)]
-        return layers.Rescaling(scale, offset=offset, name="rescaling")(x)
+        return InputRescaling(scale, offset=offset, min_size=MIN_INPUT_SIZE, name="rescaling")(x)
     if kind == configs.PREPROCESS_SYMMETRIC:
-        return layers.Rescaling(1.0 / 128.0, offset=-1.0, name="rescaling")(x)
+        return InputRescaling(1.0 / 128.0, offset=-1.0, min_size=MIN_INPUT_SIZE, name="rescaling")(x)
     if kind == configs.PREPROCESS_LITE:
-        return layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(x)
+        return InputRescaling(1.0 / 128.0, offset=-127.0 / 128.0, min_size=MIN_INPUT_SIZE, name="rescaling")(x)
     raise ValueError(f"unknown preprocessing {kind!r} in config {config.name!r}")
+
+
+def _positive_int(value, name: str) -> int:
+    """`value` as a Python int: any integer type (numpy's included), never a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _input_shape(config: ModelConfig, input_shape):
     if input_shape is None:
         return (config.resolution, config.resolution, 3)
-    shape = tuple(input_shape)
+    shape = tuple(int(side) if isinstance(side, numbers.Integral) else side for side in input_shape)
     if len(shape) != 3 or shape[-1] != 3:
         raise ValueError(
             f"input_shape must be (height, width, 3) for RGB images, got {input_shape!r}"
@@ -143,6 +194,16 @@ def _input_shape(config: ModelConfig, input_shape):
                 f"least {MIN_INPUT_SIZE} (or None for any size)"
             )
     return shape
+
+
+def functional_model(inputs, outputs, name: str, max_layers: int) -> keras.Model:
+    """keras.Model(inputs, outputs) for a graph of up to `max_layers` layers, from any caller.
+
+    Works under Python's default recursion limit however deep the caller's stack is (see
+    `_recursion_headroom`); use it for every functional model over a whole EfficientNet.
+    """
+    with _recursion_headroom(max_layers + 64):
+        return keras.Model(inputs, outputs, name=name)
 
 
 def build_efficientnet(
@@ -162,8 +223,8 @@ def build_efficientnet(
     """Build the functional model for `config` with random weights."""
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
-    if include_top and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if include_top:
+        num_classes = _positive_int(num_classes, "num_classes")
     dropout_rate = config.dropout_rate if dropout_rate is None else dropout_rate
     momentum = config.bn_momentum if bn_momentum is None else bn_momentum
     eps = config.bn_epsilon
@@ -175,13 +236,14 @@ def build_efficientnet(
 
     padding = "same"
     if explicit_padding:
-        x = layers.ZeroPadding2D(padding=correct_pad(x.shape, 3), name="stem_conv_pad")(x)
+        x = SamePadding2D(3, 2, name="stem_conv_pad")(x)
         padding = "valid"
     x = conv(x, stem_filters(config), 3, "stem_conv", strides=2, padding=padding)
     x = batch_norm(x, "stem_bn", momentum, eps)
     x = layers.Activation(act, name="stem_activation")(x)
 
-    for block in block_plan(config, drop_connect_rate):
+    plan = block_plan(config, drop_connect_rate)
+    for block in plan:
         spec = block.spec
         make = fused_mbconv_block if spec.fused else mbconv_block
         x = make(
@@ -234,7 +296,7 @@ def build_efficientnet(
             )(x)
             if l2_normalize_embedding:
                 x = layers.UnitNormalization(axis=-1, name="embedding_l2", dtype="float32")(x)
-    return keras.Model(inputs, x, name=config.name)
+    return functional_model(inputs, x, config.name, max_layers=_MAX_LAYERS_PER_BLOCK * (len(plan) + 2))
 
 
 def build_model(
@@ -262,8 +324,7 @@ def build_model(
     if embedding_dim is not None:
         if include_top:
             raise ValueError("embedding_dim needs include_top=False (the embedding replaces the classifier)")
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+        embedding_dim = _positive_int(embedding_dim, "embedding_dim")
     model = build_efficientnet(
         config,
         num_classes=num_classes,
@@ -333,4 +394,4 @@ def build_feature_extractor(
     for prefix in feature_block_prefixes(name, strides):
         block_layers = [layer for layer in backbone.layers if layer.name.startswith(prefix)]
         outputs.append(block_layers[-1].output)
-    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_features")
+    return functional_model(backbone.input, outputs, f"{backbone.name}_features", max_layers=len(backbone.layers))

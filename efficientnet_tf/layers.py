@@ -7,6 +7,7 @@ HDF5 weight files by the order of weighted layers (and by name with ``by_name=Tr
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -73,12 +74,85 @@ class StdNormalization(layers.Layer):
         return config
 
 
-def correct_pad(shape, kernel_size: int):
-    """Zero padding that makes a 'valid' strided conv match TF's 'SAME' (keras' rule)."""
-    height, width = shape[1], shape[2]
-    adjust = (1, 1) if height is None or width is None else (1 - height % 2, 1 - width % 2)
-    half = kernel_size // 2
-    return ((half - adjust[0], half), (half - adjust[1], half))
+def same_padding_amounts(size, kernel_size: int, strides: int):
+    """(before, after) zero padding that makes a 'valid' conv equal TF's 'SAME' on a side of `size`.
+
+    TF's rule: out = ceil(size / strides), total = max((out - 1) * strides + kernel - size, 0),
+    with the odd pixel after. `size` may be a Python int or a scalar tensor (unknown side).
+    keras.applications' `correct_pad` gives the same numbers for a known side, but assumes an
+    even side when it is unknown, so its dynamic-shape models differ from its fixed-shape ones
+    whenever a strided conv sees an odd side.
+    """
+    out = -(-size // strides)
+    total = (out - 1) * strides + kernel_size - size
+    total = max(total, 0) if isinstance(total, int) else keras.ops.maximum(total, 0)
+    return total // 2, total - total // 2
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class SamePadding2D(layers.Layer):
+    """Zero padding computed from the input's runtime shape with TF 'SAME' semantics.
+
+    Takes the place of keras.applications' fixed ZeroPadding2D before V1/Lite strided convs
+    (no weights, same name), so a model built for any input size (`(None, None, 3)`) computes
+    exactly what the model built at a fixed size computes, odd sides included.
+    """
+
+    def __init__(self, kernel_size: int, strides: int, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+
+    def _amounts(self, shape):
+        return [same_padding_amounts(side, self.kernel_size, self.strides) for side in shape[1:3]]
+
+    def call(self, inputs):
+        (top, bottom), (left, right) = self._amounts(keras.ops.shape(inputs))
+        return keras.ops.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        sides = [None if side is None else side + sum(same_padding_amounts(side, self.kernel_size, self.strides))
+                 for side in input_shape[1:3]]
+        return (input_shape[0], *sides, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size, strides=self.strides)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class InputRescaling(layers.Rescaling):
+    """keras' Rescaling (the first layer of every variant) that also rejects images under `min_size`.
+
+    A fixed `input_shape` is checked when the model is built; a model built for any size checks
+    each batch, in the graph, so that a too-small image fails with a message that names the
+    minimum instead of an error deep inside a convolution. The check lives in this existing
+    layer rather than in a layer of its own so that checkpoints keep their layer numbering.
+    """
+
+    def __init__(self, scale, offset=0.0, min_size: int = 32, **kwargs):
+        super().__init__(scale, offset=offset, **kwargs)
+        self.min_size = int(min_size)
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None:
+            message = (f"input images must be at least {self.min_size}x{self.min_size} pixels "
+                       "(height, width) for EfficientNet; got height, width =")
+            check = tf.debugging.assert_greater_equal(
+                tf.reduce_min(tf.shape(inputs)[1:3]), self.min_size, message=message)
+            with tf.control_dependencies([check]):
+                inputs = tf.identity(inputs)
+        elif min(height, width) < self.min_size:
+            raise ValueError(f"input images must be at least {self.min_size}x{self.min_size} pixels "
+                             f"(height, width) for EfficientNet; got {height}x{width}")
+        return super().call(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(min_size=self.min_size)
+        return config
 
 
 def batch_norm(x, name, momentum, epsilon):
@@ -143,8 +217,7 @@ def mbconv_block(
 
     padding = "same"
     if explicit_padding and strides == 2:
-        pad = correct_pad(x.shape, kernel_size)
-        x = layers.ZeroPadding2D(padding=pad, name=f"{prefix}dwconv_pad")(x)
+        x = SamePadding2D(kernel_size, strides, name=f"{prefix}dwconv_pad")(x)
         padding = "valid"
     x = layers.DepthwiseConv2D(
         kernel_size,

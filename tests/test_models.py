@@ -1,8 +1,10 @@
+import keras
 import numpy as np
 import pytest
 
 from efficientnet_tf import build_feature_extractor, build_model, decode_block, encode_block, get_config, list_models
 from efficientnet_tf.builder import block_plan, round_filters, round_repeats
+from keras_reference import KERAS_CLASSES, keras_model, write_legacy_h5
 
 EXPECTED_MODELS = (
     [f"efficientnet-b{i}" for i in range(9)]
@@ -107,15 +109,56 @@ def test_no_top_pooling(pooling, shape):
     assert model.output_shape == shape
 
 
-@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnetv2-s", "efficientnet-lite0"])
-def test_feature_extractor_gives_five_strides(name):
-    model = build_feature_extractor(name, input_shape=(128, 128, 3))
-    images = np.random.default_rng(0).uniform(0, 255, (1, 128, 128, 3)).astype("float32")
-    features = model(images)
-    assert [f.shape[1] for f in features] == [64, 32, 16, 8, 4]
-    assert all(np.all(np.isfinite(f.numpy())) for f in features)
-    # deepest map is the last block's output, before the 1x1 head conv
-    assert features[-1].shape[-1] == model.get_layer(model.layers[-1].name).output.shape[-1]
+# The last block at each stride (2, 4, 8, 16, 32) and its width, read off the papers' stage
+# tables (V1/Lite stages 1, 2, 3, 5, 7; V2-S stages 1, 2, 3, 5, 6 with 2/4/4/9/15 repeats).
+# A block with a skip connection ends in `_add`; one that changes width ends in `_project_bn`.
+FEATURE_LAYERS = {
+    "efficientnet-b0": (["block1a_project_bn", "block2b_add", "block3b_add", "block5c_add", "block7a_project_bn"],
+                        [16, 24, 40, 112, 320]),
+    "efficientnetv2-s": (["block1b_add", "block2d_add", "block3d_add", "block5i_add", "block6o_add"],
+                         [24, 48, 64, 160, 256]),
+    "efficientnet-lite0": (["block1a_project_bn", "block2b_add", "block3b_add", "block5c_add", "block7a_project_bn"],
+                           [16, 24, 40, 112, 320]),
+}
+
+
+def randomise_batch_norm(model, images, seed=0):
+    """Random BN scale/offset, moving statistics from one training pass over `images` (as
+    keras_reference does for keras.applications models), so that every BN changes its input."""
+    rng = np.random.default_rng(seed)
+    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in batch_norms:
+        gamma, beta, mean, variance = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape), mean, variance])
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer in batch_norms:
+        layer.momentum = 0.99
+
+
+@pytest.mark.parametrize("name", list(FEATURE_LAYERS))
+def test_feature_extractor_gives_five_strides(name, tmp_path):
+    layer_names, widths = FEATURE_LAYERS[name]
+    images = np.random.default_rng(0).uniform(0, 255, (2, 128, 128, 3)).astype("float32")
+    if name in KERAS_CLASSES:
+        # Independent path: keras.applications' own network, with random weights that ours loads.
+        reference = keras_model(name, (128, 128, 3), include_top=False)
+        model = build_feature_extractor(name, input_shape=(128, 128, 3),
+                                        weights=write_legacy_h5(reference, str(tmp_path / "notop.h5")))
+    else:
+        # keras.applications has no Lite: read the named layers of our own network instead.
+        model = build_feature_extractor(name, input_shape=(128, 128, 3))
+        randomise_batch_norm(model, images)  # else BN is ~identity: a block's conv would pass for its BN
+        reference = model
+    probe = keras.Model(reference.input, [reference.get_layer(n).output for n in layer_names])
+    expected = probe(images, training=False)
+    features = model(images, training=False)
+    assert [tuple(f.shape) for f in features] == [(2, 128 // s, 128 // s, w) for s, w in zip((2, 4, 8, 16, 32), widths)]
+    for layer_name, got, want in zip(layer_names, features, expected):
+        want = want.numpy()
+        assert np.all(np.isfinite(got.numpy()))
+        # the previous block has the same shape at 4 of the 5 strides: values tell them apart
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=5e-4 * np.abs(want).max(), err_msg=layer_name)
 
 
 def test_embedding_head_is_l2_normalized():

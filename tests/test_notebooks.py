@@ -1,11 +1,14 @@
 """Every notebook runs end to end, offline and small: the test overrides its parameters cell."""
 
 import os
+import warnings
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
+from efficientnet_tf.pixels import UnitRangeWarning, reset_warnings
 from keras_reference import keras_model, write_legacy_h5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +31,35 @@ def test_notebook_is_colab_ready_and_clean(name):
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs not cleared"
 
 
+def _helpers(name):
+    """The namespace of a notebook's helper cell (the one defining `show`), run here."""
+    (cell,) = [c for c in _load(name).cells if c.cell_type == "code" and "def show(" in c.source]
+    namespace = {}
+    exec(compile(cell.source, f"{name} helpers", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("name, helper, call", [
+    ("01_quickstart.ipynb", "serve", lambda serve, batch: serve(lambda images: images, batch)),
+    ("03_export_and_quantize.ipynb", "timed", lambda timed, batch: timed(lambda images: images, batch, repeats=1)),
+])
+def test_notebook_helpers_warn_once_about_unit_scaled_images(name, helper, call):
+    function = _helpers(name)[helper]
+    unit = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    reset_warnings()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call(function, unit * 255)
+            assert not [w for w in caught if issubclass(w.category, UnitRangeWarning)]
+            call(function, unit)
+            call(function, unit)
+        unit_warnings = [w for w in caught if issubclass(w.category, UnitRangeWarning)]
+        assert len(unit_warnings) == 1 and str(unit_warnings[0].message).startswith(f"{helper}:")
+    finally:
+        reset_warnings()
+
+
 def _execute(name, overrides, workdir):
     notebook = _load(name)
     (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
@@ -43,7 +75,9 @@ def _text(notebook):
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             out.append(output.get("text", "") or str(output.get("data", {}).get("text/plain", "")))
-    return "\n".join(out)
+    text = "\n".join(out)
+    assert "UnitRangeWarning" not in text  # the notebooks feed 0..255 pixels everywhere
+    return text
 
 
 @pytest.mark.slow
