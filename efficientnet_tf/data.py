@@ -6,21 +6,37 @@ Every source yields (uint8 RGB image of any size, int32 label) pairs plus its me
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import socket
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf import image_io
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 TFDS_EXAMPLES = ("cifar10", "cifar100", "oxford_flowers102", "cars196", "food101", "imagenet2012")
 OTHER_SOURCES = ("folder:PATH", "digits", "synthetic")
 # TFDS names its evaluation split differently per dataset; the first present one is used.
 EVAL_SPLITS = ("validation", "test")
+# Sub-folders of a folder dataset that hold the evaluation images next to train/, in order of
+# preference (case does not matter).
+FOLDER_EVAL_DIRS = ("val", "valid", "validation", "eval", "test")
+# Held out of the training images when a dataset has no split of its own for evaluation.
+DEFAULT_VALIDATION_FRACTION = 0.1
+# The digits source keeps 20%: the README's digits figures were measured with it.
+DIGITS_VALIDATION_FRACTION = 0.2
+# Files operating systems drop into photo folders; never images, never worth an error.
+IGNORED_FILES = ("thumbs.db", "desktop.ini")
+CACHE_ENV = "EFFICIENTNET_TF_CACHE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +46,15 @@ class Source:
     name: str
     num_classes: int
     class_names: tuple[str, ...]
-    num_train: int | None
-    num_eval: int | None
+    num_train: int | None  # exactly what examples("train") yields
+    num_eval: int | None  # exactly what examples("eval") yields
     # Smallest side of the stored images when all share it (CIFAR 32, digits 8), else None.
     native_size: int | None
     # Handwriting and text are not mirror-symmetric: no horizontal flips for them.
     flip_ok: bool
     _make: object = dataclasses.field(repr=False, compare=False)  # (split, shuffle_files, seed) -> Dataset
+    # One line saying which data trains and which evaluates, with counts (printed, kept in run.json).
+    split_description: str = ""
 
     def examples(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
         """(uint8 image [H, W, 3], int32 label) for split 'train' or 'eval'."""
@@ -49,27 +67,47 @@ def available_sources() -> str:
     return ", ".join(OTHER_SOURCES + TFDS_EXAMPLES) + " or any TFDS image-classification dataset"
 
 
-def get_source(name: str, data_dir: str | None = None, *, validation_fraction: float = 0.2, seed: int = 0,
-               on_bad_image: str = "error", download: bool = True, synthetic_image_size: int = 224,
-               synthetic_num_classes: int = 10, synthetic_examples: int = 1024) -> Source:
-    """Pick a data source by name: 'digits', 'synthetic', 'folder:PATH' or a TFDS name."""
+def get_source(name: str, data_dir: str | None = None, *, validation_fraction: float | None = None, seed: int = 0,
+               on_bad_image: str = "error", download: bool = True, label_key: str = "label",
+               synthetic_image_size: int = 224, synthetic_num_classes: int = 10,
+               synthetic_examples: int = 1024) -> Source:
+    """Pick a data source by name: 'digits', 'synthetic', 'folder:PATH' or a TFDS name.
+
+    Args:
+        name: 'digits', 'synthetic', 'folder:PATH' or a TFDS dataset name.
+        data_dir: where TFDS datasets are (or get) prepared; None: TFDS's default.
+        validation_fraction: share of the training images held out (seeded) for evaluation when
+            the dataset has no evaluation split of its own. None: 0.1 (digits: 0.2).
+        seed: picks the held-out images; the same seed gives the same split on every read.
+        on_bad_image: folders only: 'error' (name the unreadable files) or 'skip' them.
+        download: TFDS only: prepare a missing dataset (False: fail instead).
+        label_key: TFDS only: the ClassLabel feature to classify (smallnorb: 'label_category').
+    """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset name must be a non-empty string; choose from {available_sources()}")
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    if validation_fraction is not None and not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1) or None (the default), got {validation_fraction}")
+    is_tfds = name not in ("digits", "synthetic") and not name.startswith("folder:")
+    if label_key != "label" and not is_tfds:
+        raise ValueError(f"label_key={label_key!r} applies to TFDS datasets only, not to {name!r}")
     if name == "digits":
         return digits_source(validation_fraction, seed)
     if name == "synthetic":
         return synthetic_source(synthetic_image_size, synthetic_num_classes, synthetic_examples, seed)
     if name.startswith("folder:"):
         return folder_source(name[len("folder:"):], validation_fraction, seed, on_bad_image)
-    return tfds_source(name, data_dir, download=download)
+    return tfds_source(name, data_dir, download=download, validation_fraction=validation_fraction, seed=seed,
+                       label_key=label_key)
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.4g}%"
 
 
 # ---------------------------------------------------------------- digits (offline, real data)
 
 
-def digits_split(validation_fraction: float = 0.2, seed: int = 0):
+def digits_split(validation_fraction: float = DIGITS_VALIDATION_FRACTION, seed: int = 0):
     """(images uint8 [N, 8, 8, 3], labels, train indices, eval indices): stratified, seeded."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -84,17 +122,25 @@ def digits_split(validation_fraction: float = 0.2, seed: int = 0):
     return images, labels, np.sort(train_idx), np.sort(eval_idx)
 
 
-def digits_source(validation_fraction: float = 0.2, seed: int = 0) -> Source:
-    """scikit-learn's 1,797 real handwritten 8x8 digits as RGB 0..255: the offline dataset."""
-    images, labels, train_idx, eval_idx = digits_split(validation_fraction, seed)
+def digits_source(validation_fraction: float | None = None, seed: int = 0) -> Source:
+    """scikit-learn's 1,797 real handwritten 8x8 digits as RGB 0..255: the offline dataset.
+
+    Args:
+        validation_fraction: share held out (stratified, seeded) for evaluation; None: 0.2.
+        seed: picks the held-out images.
+    """
+    fraction = DIGITS_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+    images, labels, train_idx, eval_idx = digits_split(fraction, seed)
     splits = {"train": train_idx, "eval": eval_idx}
 
     def make(split, shuffle_files, seed_):
         idx = splits[split]
         return tf.data.Dataset.from_tensor_slices((images[idx], labels[idx]))
 
+    description = (f"train: scikit-learn digits minus a stratified seeded {_percent(fraction)} (seed {seed}), "
+                   f"{len(train_idx):,} images; eval: the held-out {_percent(fraction)}, {len(eval_idx):,} images")
     return Source("digits", 10, tuple(str(i) for i in range(10)), len(train_idx), len(eval_idx),
-                  native_size=8, flip_ok=False, _make=make)
+                  native_size=8, flip_ok=False, _make=make, split_description=description)
 
 
 # ---------------------------------------------------------------- synthetic (throughput tests)
@@ -105,88 +151,131 @@ def synthetic_source(image_size: int = 224, num_classes: int = 10, examples: int
     rng = np.random.default_rng(seed)
     pool = rng.integers(0, 256, (64, image_size, image_size, 3), dtype=np.uint8)
     labels = rng.integers(0, num_classes, examples).astype(np.int32)
+    num_eval = max(examples // 4, 1)
 
     def make(split, shuffle_files, seed_):
-        n = examples if split == "train" else max(examples // 4, 1)
+        n = examples if split == "train" else num_eval
         images = tf.data.Dataset.from_tensor_slices(pool).repeat()
         return tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels[:n]))
 
-    return Source("synthetic", num_classes, tuple(str(i) for i in range(num_classes)), examples,
-                  max(examples // 4, 1), native_size=image_size, flip_ok=True, _make=make)
+    description = f"train: {examples:,} random images; eval: {num_eval:,} random images (synthetic, no real data)"
+    return Source("synthetic", num_classes, tuple(str(i) for i in range(num_classes)), examples, num_eval,
+                  native_size=image_size, flip_ok=True, _make=make, split_description=description)
 
 
 # ---------------------------------------------------------------- folder of images
 
 
-def _is_image(path: str) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        with Image.open(path) as img:  # verify() misses truncated pixel data
-            img.load()
-        return True
-    except Exception:
-        return False
-
-
-def _list_class_dir(root: str, classes: list[str]) -> list[tuple[str, int]]:
-    files = []
-    for label, cls in enumerate(classes):
-        cls_dir = os.path.join(root, cls)
-        for dirpath, dirnames, filenames in os.walk(cls_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                if not fname.startswith("."):
-                    files.append((os.path.join(dirpath, fname), label))
-    return files
-
-
-def _classes_in(root: str) -> list[str]:
+def _subdirs(root: str) -> list[str]:
     return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
 
 
-def folder_source(path: str, validation_fraction: float = 0.2, seed: int = 0, on_bad_image: str = "error") -> Source:
-    """One sub-folder per class; `train/` + `val/` sub-folders are used when present.
+def _files_under(folder: str) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in sorted(filenames):
+            if not fname.startswith(".") and fname.lower() not in IGNORED_FILES:
+                files.append(os.path.join(dirpath, fname))
+    return files
 
-    Every file is checked before training: a corrupt or non-image file is an error naming it
-    (`on_bad_image='error'`) or is left out with a printed count (`'skip'`).
+
+def _split_layout(root: str) -> tuple[str | None, str | None]:
+    """(train folder, eval folder) names when `root` is split into train/ and val/ (or valid/,
+    validation/, eval/, test/), each holding class folders; (None, None) when the sub-folders of
+    `root` are the classes themselves. A train/ folder without an eval folder gives (train, None)."""
+    by_lower = {d.lower(): d for d in _subdirs(root)}
+    train = by_lower.get("train")
+    # A "train" folder of images (no class folders inside) is a class named train (locomotives).
+    if train is None or not _subdirs(os.path.join(root, train)):
+        return None, None
+    evaluation = next((by_lower[n] for n in FOLDER_EVAL_DIRS
+                       if n in by_lower and _subdirs(os.path.join(root, by_lower[n]))), None)
+    unused = [d for d in by_lower.values() if d not in (train, evaluation)]
+    if unused:
+        log.warning("%s: using %s/%s; not using the folder(s) %s", root, train,
+                    f" and {evaluation}/" if evaluation else "", ", ".join(f"{d}/" for d in unused))
+    return train, evaluation
+
+
+def folder_source(path: str, validation_fraction: float | None = None, seed: int = 0,
+                  on_bad_image: str = "error") -> Source:
+    """One sub-folder per class, or `train/` + `val/` (also valid/, validation/, eval/, test/)
+    each with one sub-folder per class.
+
+    Every file is checked once with the decoder training uses (in parallel; the verdicts are
+    cached by path, size and modification time, see `check_image_files`): a file it cannot read
+    (corrupt, TIFF, HEIC, not an image) is an error naming it, or with on_bad_image='skip' is
+    left out and counted. A class folder with no usable image is not a class (warning); a class
+    too small to appear in both splits is named in a warning with its count.
+
+    Args:
+        path: the folder (`~` expanded).
+        validation_fraction: share of each class held out (seeded, stratified) for evaluation
+            when there is no eval folder; None: 0.1.
+        seed: picks the held-out images.
+        on_bad_image: 'error' or 'skip'.
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    fraction = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
     root = os.path.expanduser(path)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"dataset folder {root!r} does not exist (dataset 'folder:{path}')")
-    has_split_dirs = os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val"))
-    class_root = os.path.join(root, "train") if has_split_dirs else root
-    classes = _classes_in(class_root)
-    if len(classes) < 2:
-        raise ValueError(f"dataset folder {class_root!r} needs one sub-folder per class (at least 2), found {classes}")
-    if has_split_dirs:
-        train = _list_class_dir(class_root, classes)
-        missing = [c for c in _classes_in(os.path.join(root, "val")) if c not in classes]
-        if missing:
-            raise ValueError(f"{os.path.join(root, 'val')} has classes {missing} that train/ lacks")
-        evaluation = _list_class_dir(os.path.join(root, "val"), classes)
-    else:
-        everything = _list_class_dir(class_root, classes)
-        train, evaluation = _stratified_split(everything, validation_fraction, seed)
+    train_dir, eval_dir = _split_layout(root)
+    class_root = os.path.join(root, train_dir) if train_dir else root
+    train_files = {cls: _files_under(os.path.join(class_root, cls)) for cls in _subdirs(class_root)}
+    eval_root = os.path.join(root, eval_dir) if eval_dir else None
+    eval_files = {cls: _files_under(os.path.join(eval_root, cls)) for cls in _subdirs(eval_root)} if eval_root else {}
 
-    bad = [p for p, _ in train + evaluation if not _is_image(p)]
+    verdicts = check_image_files([p for files in (*train_files.values(), *eval_files.values()) for p in files])
+    bad = sorted((p, reason) for p, reason in verdicts.items() if reason is not None)
     if bad:
-        listing = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+        listing = "\n  ".join(f"{p}: {reason}" for p, reason in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
         if on_bad_image == "error":
-            raise ValueError(
-                f"{len(bad)} file(s) in {root} are not readable images (use on_bad_image='skip' / "
-                f"--skip_bad_images to leave them out):\n  {listing}"
-            )
-        print(f"skipping {len(bad)} unreadable file(s) in {root}:\n  {listing}", flush=True)
-        bad_set = set(bad)
-        train = [t for t in train if t[0] not in bad_set]
-        evaluation = [t for t in evaluation if t[0] not in bad_set]
-    if not train or not evaluation:
-        raise ValueError(f"dataset folder {root!r} has no usable images in train or validation")
+            raise ValueError(f"{len(bad)} file(s) in {root} cannot be read as {image_io.SUPPORTED_FORMATS} images "
+                             f"(pass on_bad_image='skip' to leave them out):\n  {listing}")
+        log.warning("skipping %d unreadable file(s) in %s:\n  %s", len(bad), root, listing)
+        bad_paths = {p for p, _ in bad}
+        train_files = {c: [p for p in files if p not in bad_paths] for c, files in train_files.items()}
+        eval_files = {c: [p for p in files if p not in bad_paths] for c, files in eval_files.items()}
+
+    empty = [c for c, files in train_files.items() if not files]
+    if empty:
+        log.warning("%s: class folder(s) with no usable image are not classes: %s", class_root, ", ".join(empty))
+    classes = [c for c in sorted(train_files) if train_files[c]]
+    orphaned = sorted(c for c, files in eval_files.items() if files and c not in classes)
+    if orphaned:
+        raise ValueError(f"{eval_root} has images of class(es) {orphaned} that {class_root} "
+                         f"has no usable image of; every eval class must be a training class")
+    if len(classes) < 2:
+        raise ValueError(f"dataset folder {class_root!r} needs one sub-folder of images per class (at least 2), "
+                         f"found {classes}")
+    label_of = {c: i for i, c in enumerate(classes)}
+
+    if eval_dir:
+        train = [(p, label_of[c]) for c in classes for p in train_files[c]]
+        evaluation = [(p, label_of[c]) for c in classes for p in eval_files.get(c, [])]
+        unseen = [c for c in classes if not eval_files.get(c)]
+        if unseen:
+            log.warning("%s: class(es) with no image in %s/, which evaluation therefore never measures: %s",
+                        root, eval_dir, ", ".join(unseen))
+        description = (f"train: folder {train_dir}/, {len(train):,} images; "
+                       f"eval: folder {eval_dir}/, {len(evaluation):,} images")
+    else:
+        everything = [(p, label_of[c]) for c in classes for p in train_files[c]]
+        train, evaluation = _stratified_split(everything, fraction, seed)
+        singletons = [f"{c} (1 image)" for c in classes if len(train_files[c]) == 1]
+        if singletons:
+            log.warning("%s: class(es) too small to appear in both training and evaluation, trained on but "
+                        "never evaluated: %s", class_root, ", ".join(singletons))
+        where = f"folder {train_dir}/" if train_dir else "the class folders"
+        description = (f"train: {where} minus a stratified seeded {_percent(fraction)} (seed {seed}), "
+                       f"{len(train):,} images; eval: the held-out {_percent(fraction)}, {len(evaluation):,} images")
+    if not evaluation:
+        raise ValueError(f"{eval_root} has no usable image of the training classes {classes}" if eval_root else
+                         f"dataset folder {root!r} cannot be split: every class has a single usable image, "
+                         f"so none is left for evaluation")
     splits = {"train": train, "eval": evaluation}
 
     def make(split, shuffle_files, seed_):
@@ -197,93 +286,274 @@ def folder_source(path: str, validation_fraction: float = 0.2, seed: int = 0, on
         return ds.map(_decode_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed_ is not None)
 
     return Source(f"folder:{path}", len(classes), tuple(classes), len(train), len(evaluation),
-                  native_size=None, flip_ok=True, _make=make)
+                  native_size=None, flip_ok=True, _make=make, split_description=description)
 
 
 def _decode_file(path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3]), label
+    return image_io.read_image(path), label
 
 
 def _stratified_split(items, fraction, seed):
+    """Per class: a seeded `fraction` (at least 1, at most all but 1) held out; one-image classes train only."""
     rng = np.random.default_rng(seed)
     train, evaluation = [], []
     labels = sorted({label for _, label in items})
     for label in labels:
         members = [it for it in items if it[1] == label]
         order = rng.permutation(len(members))
-        n_eval = max(1, int(round(len(members) * fraction))) if len(members) > 1 else 0
+        n_eval = min(max(1, int(round(len(members) * fraction))), len(members) - 1)
         evaluation += [members[i] for i in sorted(order[:n_eval])]
         train += [members[i] for i in sorted(order[n_eval:])]
     return train, evaluation
 
 
+# ---------------------------------------------------------------- the file check and its cache
+
+
+def cache_dir() -> str:
+    """Where efficientnet_tf keeps what it can recompute: $EFFICIENTNET_TF_CACHE or ~/.cache/efficientnet_tf."""
+    return os.path.expanduser(os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "efficientnet_tf"))
+
+
+def _verdict_file(paths: list[str]) -> str:
+    # One file per folder (the common parent of its images): a cache for one dataset stays as
+    # small as that dataset, and is rewritten without the others' entries.
+    common = os.path.commonpath(paths) if paths else ""
+    return os.path.join(cache_dir(), "image_checks", hashlib.sha256(common.encode()).hexdigest()[:24] + ".json")
+
+
+def _load_verdicts(cache_path: str) -> dict:
+    try:
+        with open(cache_path, encoding="utf8") as f:
+            stored = json.load(f)
+        if stored.get("decoder") != image_io.DECODER_VERSION or stored.get("tensorflow") != tf.__version__:
+            return {}
+        return {path: tuple(entry) for path, entry in stored["verdicts"].items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # damaged: check again
+        log.info("ignoring the unreadable image-check cache %s (%s)", cache_path, type(err).__name__)
+        return {}
+
+
+def _save_verdicts(cache_path: str, verdicts: dict) -> None:
+    payload = {"decoder": image_io.DECODER_VERSION, "tensorflow": tf.__version__,
+               "verdicts": {path: list(entry) for path, entry in verdicts.items()}}
+    temporary = None
+    try:
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(cache_path), prefix=".tmp-", suffix=".json",
+                                         delete=False, encoding="utf8") as f:
+            temporary = f.name
+            json.dump(payload, f)
+        os.replace(temporary, cache_path)  # atomic: a reader sees the old file or the new, never half
+    except OSError as err:  # a read-only home must not stop training
+        log.info("image-check cache not written to %s (%s)", cache_path, err)
+        if temporary and os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def check_image_files(paths: list[str], workers: int | None = None) -> dict[str, str | None]:
+    """{path: None if training can decode it, else the reason}, for every path.
+
+    Decodes with `image_io.decode_image` (the decoder training uses) in a thread pool, once per
+    file: verdicts are cached by (absolute path, size, mtime_ns) under `cache_dir()`, so an
+    unchanged folder is not decoded again; a touched or replaced file is.
+    """
+    if not paths:
+        return {}
+    absolute = {p: os.path.abspath(p) for p in paths}
+    cache_path = _verdict_file(sorted(set(absolute.values())))
+    cached = _load_verdicts(cache_path)
+    verdicts, stamps, todo = {}, {}, []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError as err:
+            verdicts[path] = f"cannot open: {err.strerror or err}"
+            continue
+        stamps[path] = (stat.st_size, stat.st_mtime_ns)
+        entry = cached.get(absolute[path])
+        if entry is not None and tuple(entry[:2]) == stamps[path]:
+            verdicts[path] = entry[2]
+        else:
+            todo.append(path)
+    if todo:
+        if len(todo) > 1000:
+            log.info("checking %d image files (%d unchanged since the last check)", len(todo), len(paths) - len(todo))
+        workers = workers or min(32, 2 * (os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for path, reason in zip(todo, pool.map(image_io.check_image_file, todo)):
+                verdicts[path] = reason
+    if todo or len(cached) != len(stamps):
+        _save_verdicts(cache_path, {absolute[p]: (*stamps[p], verdicts[p]) for p in stamps})
+    return verdicts
+
+
 # ---------------------------------------------------------------- TFDS
 
 
-def _can_download(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+def _can_download(host: str = "storage.googleapis.com", timeout: float = 3.0, port: int = 443) -> bool:
     """Quick reachability check, so an offline machine fails in seconds instead of retrying."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
         return True
     except OSError:
         return False
 
 
-def tfds_source(name: str, data_dir: str | None = None, download: bool = True) -> Source:
+def _class_label(features, name: str, label_key: str):
+    import tensorflow_datasets as tfds
+
+    class_labels = [k for k in features.keys() if isinstance(features[k], tfds.features.ClassLabel)]
+    if "image" not in features or not class_labels:
+        raise ValueError(f"TFDS dataset {name!r} is not an image-classification dataset (needs an 'image' and a "
+                         f"ClassLabel feature; it has {', '.join(features.keys())})")
+    if label_key not in class_labels:
+        raise ValueError(f"TFDS dataset {name!r} has no class label {label_key!r}; its class labels are "
+                         f"{', '.join(class_labels)} (pass one as label_key)")
+    return features[label_key]
+
+
+def _prepare(builder, name: str, data_dir: str | None, download: bool) -> None:
+    import tensorflow_datasets as tfds
+
+    if builder.is_prepared():
+        return
+    where = data_dir or "~/tensorflow_datasets"
+    if not download:
+        raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {where} and download is off")
+    if not _can_download():
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {where} and this machine cannot download it. "
+            f"Prepare it where there is internet (`tfds build {name} --data_dir=DIR`) and pass that DIR as "
+            f"data_dir, or train offline on the dataset 'digits'"
+        )
+    manual_dir = os.path.join(os.path.expanduser(data_dir or "~/tensorflow_datasets"), "downloads", "manual")
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except AssertionError as err:  # manual-download datasets (imagenet2012) say so this way
+        raise FileNotFoundError(f"TFDS dataset {name!r} needs a manual download into {manual_dir}: {err}") from err
+
+
+def tfds_source(name: str, data_dir: str | None = None, download: bool = True, *,
+                validation_fraction: float | None = None, seed: int = 0, label_key: str = "label") -> Source:
+    """A TFDS image-classification dataset: its 'train' split, evaluated on 'validation' or
+    'test' (the first it has), else on a seeded held-out share of 'train'.
+
+    The held-out split is fixed by the seed alone: membership is decided by the example's
+    position in 'train' read in file order, so it is the same on every read, disjoint from what
+    trains, and the counts are exact.
+
+    Args:
+        name: the TFDS name (with config/version if wanted, e.g. 'smallnorb:2.*').
+        data_dir: where the dataset is (or gets) prepared.
+        download: prepare it when missing (False: fail instead).
+        validation_fraction: share of 'train' held out when there is no eval split; None: 0.1.
+        seed: picks the held-out examples.
+        label_key: the ClassLabel feature used as the class (default 'label').
+    """
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # DatasetNotFoundError and friends
-        raise ValueError(f"unknown dataset {name!r}: choose from {available_sources()} ({err.__class__.__name__})") from None
+        raise ValueError(f"unknown dataset {name!r}: choose from {available_sources()} "
+                         f"({err.__class__.__name__})") from None
     features = builder.info.features
-    if "image" not in features or "label" not in features or not hasattr(features["label"], "num_classes"):
-        raise ValueError(f"TFDS dataset {name!r} is not an image-classification dataset (needs 'image' and a class 'label')")
-    if not builder.is_prepared():
-        where = data_dir or "~/tensorflow_datasets"
-        if not download:
-            raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {where} and download is off")
-        if not _can_download():
-            raise FileNotFoundError(
-                f"TFDS dataset {name!r} is not prepared in {where} and this machine cannot download it. "
-                f"Prepare it where there is internet (`tfds build {name} --data_dir=DIR`) and pass "
-                f"--data_dir=DIR, or train offline with --dataset=digits"
-            )
-        manual_dir = os.path.join(os.path.expanduser(data_dir or "~/tensorflow_datasets"), "downloads", "manual")
-        try:
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-        except AssertionError as err:  # manual-download datasets (imagenet2012) say so this way
-            raise FileNotFoundError(f"TFDS dataset {name!r} needs a manual download into {manual_dir}: {err}") from err
-    splits = builder.info.splits
-    eval_split = next((s for s in EVAL_SPLITS if s in splits), None)  # None: hold out 10% of train
-    label = features["label"]
-    shape = features["image"].shape
-    native = shape[0] if shape[0] is not None and shape[0] == shape[1] else None
+    label = _class_label(features, name, label_key)
+    _prepare(builder, name, data_dir, download)
+    split_names = list(builder.info.splits.keys())
+    if split_names and "train" not in split_names:
+        raise ValueError(f"TFDS dataset {name!r} has no 'train' split (it has {', '.join(split_names)})")
+    eval_split = next((s for s in EVAL_SPLITS if s in split_names), None)
+    image_feature = features["image"]
+    encoded = isinstance(image_feature, tfds.features.Image)
+    # Images stay encoded until an example is kept: the held-out split reads all of 'train' and
+    # decodes only its share.
+    decoders = {"image": tfds.decode.SkipDecoding()} if encoded else None
 
-    def count(split):
-        try:
-            return int(splits[split].num_examples)
-        except Exception:
-            return None
-
-    def make(split, shuffle_files, seed_):
-        if split == "train":
-            tfds_split = "train" if eval_split else "train[:90%]"
-        else:
-            tfds_split = eval_split or "train[90%:]"
+    def read(split, shuffle_files, seed_):
         read_config = tfds.ReadConfig(shuffle_seed=seed_, interleave_cycle_length=16 if shuffle_files else 1)
-        ds = builder.as_dataset(split=tfds_split, shuffle_files=shuffle_files, as_supervised=True, read_config=read_config)
-        return ds.map(_to_rgb, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed_ is not None)
+        return builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
+                                  decoders=decoders)
 
-    return Source(name, int(label.num_classes), tuple(label.names), count("train"),
-                  count(eval_split) if eval_split else None, native_size=native,
-                  flip_ok=name not in ("mnist", "emnist", "svhn_cropped"), _make=make)
+    def to_example(example):
+        image = image_feature.decode_example(example["image"]) if encoded else example["image"]
+        return _to_rgb(image), tf.cast(example[label_key], tf.int32)
+
+    num_train_split = _split_size(builder, "train", read)
+    if eval_split:
+        if validation_fraction is not None:
+            log.info("%s has a %r split: evaluating on it, validation_fraction=%s is not used", name, eval_split,
+                     validation_fraction)
+        num_train, num_eval = num_train_split, _split_size(builder, eval_split, read)
+
+        def make(split, shuffle_files, seed_):
+            ds = read("train" if split == "train" else eval_split, shuffle_files, seed_)
+            return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed_ is not None)
+
+        description = (f"train: TFDS {name} split 'train', {num_train:,} images; "
+                       f"eval: split '{eval_split}', {num_eval:,} images")
+    else:
+        fraction = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+        held_out = held_out_mask(num_train_split, fraction, seed, name)
+        num_eval = int(held_out.sum())
+        num_train = num_train_split - num_eval
+        in_eval = tf.constant(held_out)
+
+        def make(split, shuffle_files, seed_):
+            # File order, whatever shuffle_files says: position decides membership. TFDS shuffles
+            # examples when it prepares a dataset, and the pipeline's shuffle buffer does the rest.
+            keep_eval = split == "eval"
+            ds = read("train", False, None).enumerate()
+            ds = ds.filter(lambda i, _: tf.equal(
+                (i < num_train_split) & tf.gather(in_eval, tf.minimum(i, num_train_split - 1)), keep_eval))
+            return ds.map(lambda _, example: to_example(example), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=seed_ is not None)
+
+        description = (f"train: TFDS {name} split 'train' minus a seeded {_percent(fraction)} (seed {seed}), "
+                       f"{num_train:,} images; eval: the held-out {_percent(fraction)} of 'train', {num_eval:,} "
+                       f"images (the dataset has no validation or test split)")
+    shape = image_feature.shape
+    native = shape[0] if shape[0] is not None and shape[0] == shape[1] else None
+    return Source(name, int(label.num_classes), tuple(label.names), num_train, num_eval, native_size=native,
+                  flip_ok=name.split(":")[0] not in ("mnist", "emnist", "kmnist", "svhn_cropped"), _make=make,
+                  split_description=description)
 
 
-def _to_rgb(image, label):
-    if image.shape[-1] == 1:
+def held_out_mask(count: int, fraction: float, seed: int, name: str = "the dataset") -> np.ndarray:
+    """bool [count]: a seeded round(count * fraction) (at least 1) of the positions, for evaluation."""
+    if count < 2:
+        raise ValueError(f"{name} has {count} training example(s): too few to hold some out for evaluation")
+    held = np.zeros(count, bool)
+    n_eval = min(max(1, int(round(count * fraction))), count - 1)
+    held[np.random.default_rng(seed).permutation(count)[:n_eval]] = True
+    return held
+
+
+def _split_size(builder, split: str, read) -> int:
+    """Examples in a split: from the dataset's metadata, else (metadata without counts) one pass
+    over the still-encoded examples."""
+    try:
+        count = int(builder.info.splits[split].num_examples)
+        if count > 0:
+            return count
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    ds = read(split, False, None)
+    count = int(ds.cardinality())
+    if count < 0:
+        count = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    return count
+
+
+def _to_rgb(image):
+    channels = image.shape[-1]
+    if channels == 1:
         image = tf.image.grayscale_to_rgb(image)
-    elif image.shape[-1] is None:
-        image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image)
-    return tf.ensure_shape(tf.cast(image, tf.uint8), [None, None, 3]), tf.cast(label, tf.int32)
+    elif channels == 4:
+        image = image[..., :3]
+    elif channels is None:
+        image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
+    return tf.ensure_shape(tf.cast(image, tf.uint8), [None, None, 3])

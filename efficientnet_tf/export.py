@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.builder import build_model
+from efficientnet_tf.image_io import decode_image
 from efficientnet_tf.input_pipeline import preprocess_eval
 from efficientnet_tf.trainer import WeightAverage, atomic_write, current_umask, load_run_config
 
@@ -89,7 +90,7 @@ class ServingModule(tf.Module):
 
     def _serve_bytes(self, image_bytes):
         def decode(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            image = decode_image(data)  # the training decoder: same formats, same EXIF orientation
             return preprocess_eval(image, self.image_size, self.crop_padding)
 
         images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec(

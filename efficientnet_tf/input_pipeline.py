@@ -7,12 +7,16 @@ one-hot float labels when mixing or label smoothing needs them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.augment import AugmentConfig, BatchAugmenter
 from efficientnet_tf.data import Source
+from efficientnet_tf.pixels import warn_if_unit_scaled
+
+log = logging.getLogger(__name__)
 
 SMALL_IMAGE = 64  # below this side, crops are mild: a 0.08-area crop of 32px is 9px
 
@@ -111,6 +115,7 @@ def make_dataset(source: Source, config: PipelineConfig, training: bool,
     seed = config.seed if config.seed is not None else int(np.random.default_rng().integers(2**31))
     batch = config.global_batch_size
     ds = source.examples("train" if training else "eval", shuffle_files=training, seed=seed + epoch)
+    _warn_if_images_look_unit_scaled(ds)
     if input_context is not None:
         batch = per_replica_batch_size(config.global_batch_size, input_context.num_replicas_in_sync)
         if input_context.num_input_pipelines > 1:
@@ -136,7 +141,7 @@ def make_dataset(source: Source, config: PipelineConfig, training: bool,
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.seed is not None)
     drop = training if config.drop_remainder is None else config.drop_remainder
     if config.pad_eval and not training:
-        ds = _pad_with_zero_weights(ds, source.num_eval, batch, size, input_context)
+        ds = _pad_with_zero_weights(ds, _eval_count(source), batch, size, input_context)
         drop = True
     ds = ds.batch(batch, drop_remainder=drop)
     one_hot = config.one_hot or (training and config.augment.mixes_labels)
@@ -149,6 +154,30 @@ def make_dataset(source: Source, config: PipelineConfig, training: bool,
     options = tf.data.Options()
     options.deterministic = config.seed is not None
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _warn_if_images_look_unit_scaled(ds: tf.data.Dataset, examples: int = 4) -> None:
+    """Warn (once) when a source yields float images that look scaled to 0..1: the models take
+    0..255. Integer images cannot be; float ones cost a look at the first few examples."""
+    if not ds.element_spec[0].dtype.is_floating or not tf.executing_eagerly():
+        return
+    first = [image.numpy() for image, *_ in ds.take(examples)]
+    if first:
+        same_shape = len({image.shape for image in first}) == 1
+        batch = np.stack(first) if same_shape else np.concatenate([image.ravel() for image in first])
+        warn_if_unit_scaled(batch, "input pipeline")
+
+
+def _eval_count(source: Source) -> int:
+    """Eval examples, for padding: the source's count, else (a source that does not know it) one pass."""
+    if source.num_eval is not None:
+        return source.num_eval
+    ds = source.examples("eval")
+    count = int(ds.cardinality())
+    if count < 0:
+        log.info("%s does not say how many eval examples it has: counting them (one pass)", source.name)
+        count = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    return count
 
 
 def _pad_with_zero_weights(ds, num_examples: int, batch: int, size: int, input_context) -> tf.data.Dataset:

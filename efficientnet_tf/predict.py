@@ -7,9 +7,13 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 
+import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.export import SIGNATURE_BYTES, ServingModule
+from efficientnet_tf.export import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
+from efficientnet_tf.image_io import SUPPORTED_FORMATS, check_image_bytes
+from efficientnet_tf.input_pipeline import preprocess_eval
+from efficientnet_tf.pixels import warn_if_unit_scaled
 
 
 def imagenet_class_names() -> list[str]:
@@ -21,37 +25,58 @@ def imagenet_class_names() -> list[str]:
 
 
 def read_image_bytes(path: str) -> bytes:
-    """The encoded file, after checking it decodes: a bad file fails here, by name."""
+    """The encoded file, after checking that the training/serving decoder reads it: a bad file
+    fails here, by name."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path!r} does not exist")
     with open(path, "rb") as f:
         data = f.read()
-    try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
-        raise ValueError(f"cannot read image {path!r}: not a valid JPEG, PNG, GIF or BMP file "
-                         f"({err.message.splitlines()[0] if err.message else type(err).__name__})") from None
+    reason = check_image_bytes(data) if data else "empty file"
+    if reason is not None:
+        raise ValueError(f"cannot read image {path!r}: not a valid {SUPPORTED_FORMATS} file: {reason}")
     return data
 
 
 class Predictor:
-    """Wraps a function from encoded image bytes to the serving outputs (probabilities, top-k)."""
+    """Top-k predictions for image files (encoded bytes, decoded in the serving graph) or for
+    in-memory images (any size, RGB 0..255; cropped and resized as the eval pipeline does)."""
 
-    def __init__(self, serve_bytes, description: str):
+    def __init__(self, serve_bytes, description: str, serve_images=None, image_size: int | None = None,
+                 crop_padding: int = 32):
         self._serve = serve_bytes
+        self._serve_images = serve_images  # float [N, size, size, 3] 0..255 -> the same outputs
+        self.image_size = image_size
+        self.crop_padding = crop_padding
         self.description = description
+
+    @classmethod
+    def from_model(cls, model, class_names: Sequence[str], image_size: int, top_k: int = 5, logits: bool = True,
+                   description: str | None = None) -> Predictor:
+        """A Keras model taking [N, image_size, image_size, 3] pixels 0..255 (logits out, or
+        probabilities with logits=False), served exactly as its SavedModel export would be."""
+        module = ServingModule(model, class_names, image_size, top_k, logits=logits)
+        return cls(module.serve_bytes, description or model.name, module.serve_images, module.image_size,
+                   module.crop_padding)
 
     @classmethod
     def from_saved_model(cls, path: str) -> Predictor:
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise FileNotFoundError(f"{path!r} is not a SavedModel directory (no saved_model.pb); "
-                                    "export one with --mode=export")
+                                    "export one with efficientnet_tf.export.export_run")
         loaded = tf.saved_model.load(path)
         if SIGNATURE_BYTES not in loaded.signatures:
             raise ValueError(f"SavedModel {path!r} has no {SIGNATURE_BYTES!r} signature (signatures: "
                              f"{', '.join(loaded.signatures)}); export it with efficientnet_tf")
         signature = loaded.signatures[SIGNATURE_BYTES]
-        predictor = cls(lambda data: signature(image_bytes=data), f"SavedModel {path}")
+        serve_images = image_size = None
+        if SIGNATURE_IMAGES in loaded.signatures:
+            images_signature = loaded.signatures[SIGNATURE_IMAGES]
+            image_size = int(images_signature.structured_input_signature[1]["images"].shape[1])
+
+            def serve_images(images):
+                return images_signature(images=images)
+
+        predictor = cls(lambda data: signature(image_bytes=data), f"SavedModel {path}", serve_images, image_size)
         predictor._loaded = loaded  # keep the variables alive
         return predictor
 
@@ -60,9 +85,9 @@ class Predictor:
         from efficientnet_tf.export import load_trained_model
 
         model, info = load_trained_model(model_dir)
-        module = ServingModule(model, info["class_names"], int(info["image_size"]), top_k)
-        return cls(module.serve_bytes, f"{info['model']} from {info['checkpoint']}"
-                   + (" (EMA weights)" if info["ema"] else ""))
+        return cls.from_model(model, info["class_names"], int(info["image_size"]), top_k,
+                              description=f"{info['model']} from {info['checkpoint']}"
+                              + (" (EMA weights)" if info["ema"] else ""))
 
     @classmethod
     def from_pretrained(cls, model_name: str, weights: str = "imagenet", top_k: int = 5) -> Predictor:
@@ -71,18 +96,51 @@ class Predictor:
 
         resolution = get_config(model_name).resolution
         model = build_model(model_name, weights=weights)  # softmax outputs, ImageNet head
-        module = ServingModule(model, imagenet_class_names(), resolution, top_k, logits=False)
-        return cls(module.serve_bytes, f"{model_name} with {weights} weights")
+        return cls.from_model(model, imagenet_class_names(), resolution, top_k, logits=False,
+                              description=f"{model_name} with {weights} weights")
 
     def __call__(self, paths: Sequence[str]) -> list[list[tuple[str, float]]]:
         """[(class name, probability)] for the exported top-k of each file, best first."""
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            raise TypeError(f"pass a list of image paths, not one path ({paths!r}): e.g. predictor([path])")
         if not paths:
-            raise ValueError("no image given: pass --image=PATH (several allowed)")
-        outputs = self._serve(tf.constant([read_image_bytes(p) for p in paths]))
-        names = outputs["top_k_names"].numpy()
-        probabilities = outputs["top_k_probabilities"].numpy()
-        return [[(n.decode(), float(p)) for n, p in zip(row_names, row_probs)]
-                for row_names, row_probs in zip(names, probabilities)]
+            raise ValueError("no image path given")
+        return _top_k(self._serve(tf.constant([read_image_bytes(p) for p in paths])))
+
+    def predict_images(self, images) -> list[list[tuple[str, float]]]:
+        """Like calling with files, for decoded images: one image [H, W, 3] or a batch
+        [N, H, W, 3] (or a list of images of different sizes), uint8 or float, RGB 0..255.
+
+        Each image gets the eval center crop and resize the file path gets after decoding, so an
+        array and the PNG of the same pixels predict the same. Images that look scaled to 0..1
+        warn once (the models take 0..255).
+        """
+        if self._serve_images is None:
+            raise ValueError(f"{self.description} has no {SIGNATURE_IMAGES!r} signature for decoded images; "
+                             "pass image files instead")
+        batch = [np.asarray(image) for image in images] if isinstance(images, (list, tuple)) else None
+        if batch is None:
+            array = np.asarray(images)
+            batch = [array] if array.ndim == 3 else list(array)
+        if not batch:
+            raise ValueError("no image given")
+        for image in batch:
+            if image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"each image must be [height, width, 3] RGB, got shape {image.shape}")
+        if all(image.dtype.kind == "f" for image in batch):
+            same_shape = len({image.shape for image in batch}) == 1
+            warn_if_unit_scaled(np.stack(batch) if same_shape else np.concatenate([image.ravel() for image in batch]),
+                                "Predictor")
+        prepared = tf.stack([preprocess_eval(tf.convert_to_tensor(image), self.image_size, self.crop_padding)
+                             for image in batch])
+        return _top_k(self._serve_images(prepared))
+
+
+def _top_k(outputs) -> list[list[tuple[str, float]]]:
+    names = outputs["top_k_names"].numpy()
+    probabilities = outputs["top_k_probabilities"].numpy()
+    return [[(n.decode(), float(p)) for n, p in zip(row_names, row_probs)]
+            for row_names, row_probs in zip(names, probabilities)]
 
 
 def format_predictions(paths: Sequence[str], results) -> str:

@@ -2,6 +2,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The folder file-check cache goes to a throwaway directory, never the user's ~/.cache.
+if "EFFICIENTNET_TF_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["EFFICIENTNET_TF_CACHE"] = tempfile.mkdtemp(prefix="efficientnet_tf_cache_")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -41,19 +41,26 @@ def keras_model(name, input_shape, include_top=True, seed=0, classifier_activati
         include_top=include_top,
         classifier_activation=classifier_activation,
     )
+    return randomise_weights(model, random_images(16, input_shape[0], seed=seed + 100), seed)
+
+
+def randomise_weights(model, calibration_images, seed=0):
+    """Random BN scale/offset and conv/dense biases on top of the random init, and BN moving
+    statistics from one training pass over `calibration_images`, so that every BN changes its
+    input and outputs depend on the image. Returns the model."""
     rng = np.random.default_rng(seed)
+    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in batch_norms:
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape), mean, var])
+        layer.momentum = 0.0  # the next training pass sets the moving statistics
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape), mean, var])
-            layer.momentum = 0.0  # the next training pass sets the moving statistics
-        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.use_bias:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.use_bias:
             kernel, bias = layer.get_weights()
             layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape)])
-    model(random_images(16, input_shape[0], seed=seed + 100), training=True)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.99
+    model(calibration_images, training=True)
+    for layer in batch_norms:
+        layer.momentum = 0.99
     return model
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from efficientnet_tf import build_feature_extractor, build_model, decode_block, encode_block, get_config, list_models
 from efficientnet_tf.builder import block_plan, round_filters, round_repeats
-from keras_reference import KERAS_CLASSES, keras_model, write_legacy_h5
+from keras_reference import KERAS_CLASSES, keras_model, randomise_weights, write_legacy_h5
 
 EXPECTED_MODELS = (
     [f"efficientnet-b{i}" for i in range(9)]
@@ -122,20 +122,6 @@ FEATURE_LAYERS = {
 }
 
 
-def randomise_batch_norm(model, images, seed=0):
-    """Random BN scale/offset, moving statistics from one training pass over `images` (as
-    keras_reference does for keras.applications models), so that every BN changes its input."""
-    rng = np.random.default_rng(seed)
-    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in batch_norms:
-        gamma, beta, mean, variance = layer.get_weights()
-        layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape), mean, variance])
-        layer.momentum = 0.0
-    model(images, training=True)
-    for layer in batch_norms:
-        layer.momentum = 0.99
-
-
 @pytest.mark.parametrize("name", list(FEATURE_LAYERS))
 def test_feature_extractor_gives_five_strides(name, tmp_path):
     layer_names, widths = FEATURE_LAYERS[name]
@@ -148,7 +134,7 @@ def test_feature_extractor_gives_five_strides(name, tmp_path):
     else:
         # keras.applications has no Lite: read the named layers of our own network instead.
         model = build_feature_extractor(name, input_shape=(128, 128, 3))
-        randomise_batch_norm(model, images)  # else BN is ~identity: a block's conv would pass for its BN
+        randomise_weights(model, images)  # else BN is ~identity: a block's conv would pass for its BN
         reference = model
     probe = keras.Model(reference.input, [reference.get_layer(n).output for n in layer_names])
     expected = probe(images, training=False)

@@ -19,7 +19,7 @@ from PIL import Image
 from efficientnet_tf import build_model
 from efficientnet_tf.export import export_run
 from efficientnet_tf.predict import Predictor, format_predictions, imagenet_class_names, read_image_bytes
-from keras_reference import keras_model, write_legacy_h5
+from keras_reference import keras_model, randomise_weights, write_legacy_h5
 
 TOLERANCE = 1e-4  # same float32 graph, different op grouping; wrong weights or crops move it by > 1e-2
 CROP_PADDING = 32  # the eval crop keeps size / (size + 32) of the short side
@@ -152,7 +152,7 @@ def test_pretrained_predictor_loads_our_own_weights_file(tmp_path):
     rng = np.random.default_rng(5)
     calibration = rng.uniform(0, 255, (8, 224, 224, 3)).astype("float32")
     source = build_model("efficientnet-lite0", weights=None)
-    randomise(source, calibration, rng)
+    randomise_weights(source, calibration, seed=5)
     weights = str(tmp_path / "lite0.weights.h5")
     source.save_weights(weights)
     picture = smooth_picture(rng, 250, 300)
@@ -167,26 +167,9 @@ def test_pretrained_predictor_loads_our_own_weights_file(tmp_path):
     np.testing.assert_allclose([p for _, p in top], expected[ids], rtol=1e-4, atol=1e-6)
     # other weights of the same architecture give other top-5 probabilities
     other = build_model("efficientnet-lite0", weights=None)
-    randomise(other, calibration, np.random.default_rng(6))
+    randomise_weights(other, calibration, seed=6)
     other_probabilities = other(image, training=False).numpy()[0]
     assert np.abs(other_probabilities[ids] - expected[ids]).max() > 100 * (1e-6 + 1e-4 * expected[ids].max())
-
-
-def randomise(model, calibration_images, rng):
-    """Random conv/dense weights are already there; give BN random scale/offset and moving
-    statistics from one training pass, so that outputs depend on the image."""
-    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in batch_norms:
-        gamma, beta, mean, variance = layer.get_weights()
-        layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape), mean, variance])
-        layer.momentum = 0.0
-    for layer in model.layers:
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.use_bias:
-            kernel, bias = layer.get_weights()
-            layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape)])
-    model(calibration_images, training=True)
-    for layer in batch_norms:
-        layer.momentum = 0.99
 
 
 def test_unreadable_images_are_named(tmp_path):
