@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
+import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 MODES = ("train_and_eval", "train", "eval", "predict", "export", "plot", "summary")
@@ -34,7 +35,11 @@ flags.DEFINE_string("model_dir", None, "Where checkpoints, history.csv, logs and
                     "(default runs/MODEL-DATASET). Rerunning the same command resumes.")
 flags.DEFINE_integer("epochs", 350, "Training epochs (the papers' ImageNet run: 350).")
 flags.DEFINE_integer("batch_size", 64, "Global batch size, split over the replicas.")
-flags.DEFINE_integer("image_size", None, "Training/eval size; default: the model's resolution, 32 for tiny images.")
+flags.DEFINE_integer("image_size", None, "Evaluation and export size; default: the model's resolution, 32 for "
+                     "datasets of images under 64 px (CIFAR, digits).")
+flags.DEFINE_integer("train_image_size", None, "Training size; default: EfficientNetV2's own training size (S: 300, "
+                     "evaluated at 384) up to --image_size, else --image_size; datasets of images under 64 px train "
+                     "at --image_size. Progressive learning ends at it.")
 flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "sgd", "adamw"], "Optimizer (papers: RMSprop 0.9/0.9/1e-3).")
 flags.DEFINE_float("learning_rate", 0.016, "Learning rate per 256 images, scaled linearly with batch_size.")
 flags.DEFINE_enum("lr_schedule", "exponential", ["exponential", "cosine", "constant"], "LR after warmup.")
@@ -64,7 +69,8 @@ flags.DEFINE_integer("finetune_epochs", 0, "With --freeze_backbone: last epochs 
 flags.DEFINE_float("finetune_lr_scale", 0.1, "LR factor for the unfrozen fine-tuning epochs.")
 flags.DEFINE_integer("progressive", 0, "Progressive learning stages (EfficientNetV2); 0 or 1: off.")
 flags.DEFINE_integer("progressive_min_size", 128, "Progressive: first stage image size.")
-flags.DEFINE_integer("progressive_max_size", None, "Progressive: last stage image size (default image_size).")
+flags.DEFINE_integer("progressive_max_size", None, "Progressive: last stage image size (default: the training "
+                     "size, see --train_image_size).")
 flags.DEFINE_float("progressive_min_dropout", 0.1, "Progressive: first stage dropout.")
 flags.DEFINE_float("progressive_max_dropout", None, "Progressive: last stage dropout (default dropout_rate).")
 flags.DEFINE_float("progressive_min_randaug", 5.0, "Progressive: first stage RandAugment magnitude.")
@@ -76,7 +82,8 @@ flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir/check
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (quick runs).")
 flags.DEFINE_integer("steps_per_loop", 1, "Train steps per compiled call (raise on TPU).")
 flags.DEFINE_boolean("jit_compile", None, "XLA for the train step; default: on TPU only.")
-flags.DEFINE_boolean("dry_run", False, "Print the resolved training config as JSON and stop (check a recipe).")
+flags.DEFINE_boolean("dry_run", False, "Print the resolved training config as JSON (schedule, train and eval image "
+                     "sizes included) and stop (check a recipe).")
 flags.DEFINE_string("export_dir", None, "export: destination (default MODEL_DIR/export); replaced atomically.")
 flags.DEFINE_list("tflite", list(TFLITE_FORMATS), f"export: TFLite formats to write ({', '.join(TFLITE_FORMATS)}); "
                   "'none' for the SavedModel only.")
@@ -86,6 +93,18 @@ flags.DEFINE_enum("int8_io", "uint8", ["uint8", "int8"], "export: input/output t
 flags.DEFINE_string("saved_model", None, "predict: an exported SavedModel directory (instead of --model_dir).")
 flags.DEFINE_multi_string("image", None, "predict: image file(s); more paths may follow as plain arguments.")
 flags.DEFINE_boolean("skip_bad_images", False, "folder: datasets: leave out unreadable files (else: error).")
+flags.DEFINE_float("validation_fraction", None, "Share of the training images held out (seeded) for evaluation when "
+                   "the dataset has no evaluation split; default 0.1 (digits: 0.2).")
+flags.DEFINE_string("label_key", "label", "TFDS datasets: the class-label feature to classify (e.g. smallnorb: "
+                    "label_category).")
+flags.DEFINE_enum("tf_log_level", None, ["0", "1", "2", "3"], "TensorFlow's C++ log level (TF_CPP_MIN_LOG_LEVEL): "
+                  "0 shows everything, 1 hides INFO, 2 also WARNING, 3 also ERROR. Default: TF_CPP_MIN_LOG_LEVEL "
+                  "when set, else 3 (a CPU machine's CUDA probing is logged as errors; real failures still raise).")
+
+DEFAULT_TF_LOG_LEVEL = 3
+# absl C++ log lines: severity letter, date, time, thread id, file:line]
+_NATIVE_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\s\]]+:\d+\] ")
+_NATIVE_PREINIT_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 
 
 def train_config():
@@ -109,7 +128,8 @@ def train_config():
         progressive_min_mixup=FLAGS.progressive_min_mixup, progressive_max_mixup=FLAGS.progressive_max_mixup,
         seed=FLAGS.seed, keep_checkpoints=FLAGS.keep_checkpoints, steps_per_epoch=FLAGS.steps_per_epoch,
         steps_per_loop=FLAGS.steps_per_loop, jit_compile=FLAGS.jit_compile,
-        on_bad_image="skip" if FLAGS.skip_bad_images else "error",
+        on_bad_image="skip" if FLAGS.skip_bad_images else "error", train_image_size=FLAGS.train_image_size,
+        validation_fraction=FLAGS.validation_fraction, label_key=FLAGS.label_key,
     )
 
 
@@ -130,14 +150,27 @@ def run_training(validate: bool) -> None:
     config = train_config()
     config.validate()  # bad values stop here, before any data or model is touched
     if FLAGS.dry_run:
-        import dataclasses
-        import json
-
-        warmup, decay = config.schedule_epochs()
-        print(json.dumps(dict(dataclasses.asdict(config), resolved_warmup_epochs=warmup,
-                              resolved_lr_decay_epochs=decay), indent=2))
+        print(resolved_config_json(config))
         return
     Trainer(config).fit(validate=validate)
+
+
+def resolved_config_json(config) -> str:
+    """The config as JSON plus what its unset values resolve to (schedule, image sizes)."""
+    import dataclasses
+    import json
+
+    from efficientnet_tf.configs import get_config
+    from efficientnet_tf.trainer import plan_stages
+
+    warmup, decay = config.schedule_epochs()
+    train_size, eval_size = config.image_sizes(config.peek_native_size())
+    dropout = get_config(config.model).dropout_rate if config.dropout_rate is None else config.dropout_rate
+    stage_sizes = [stage.image_size for stage in plan_stages(config, train_size, dropout)]
+    resolved = dict(resolved_warmup_epochs=warmup, resolved_lr_decay_epochs=decay,
+                    resolved_train_image_size=stage_sizes[-1], resolved_image_size=eval_size,
+                    resolved_stage_image_sizes=stage_sizes)
+    return json.dumps(dict(dataclasses.asdict(config), **resolved), indent=2)
 
 
 def run_eval() -> None:
@@ -202,15 +235,76 @@ def _existing_model_dir() -> str:
     return model_dir
 
 
+def tf_log_level(flag_value: str | None, environ=os.environ) -> int | None:
+    """The TensorFlow C++ log level to use: the flag, else TF_CPP_MIN_LOG_LEVEL, else the default.
+    None when the environment holds something other than 0-3 (TensorFlow's own reading applies)."""
+    if flag_value is not None:
+        return int(flag_value)
+    value = environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if value is None:
+        return DEFAULT_TF_LOG_LEVEL
+    return int(value) if value.strip() in ("0", "1", "2", "3") else None
+
+
+def import_tensorflow_quietly(level: int | None) -> None:
+    """Import TensorFlow with its C++ log level at `level`, including its startup lines.
+
+    TensorFlow 2.21 logs through absl C++ and writes the lines of its library loading (oneDNN
+    notice, `cudart_stub`, once per shared library) to stderr before its log level takes effect,
+    so TF_CPP_MIN_LOG_LEVEL alone does not hide them. Stderr is captured while TensorFlow
+    loads and given back without the log lines below `level`; anything else (a Python warning,
+    an import error's explanation) passes through.
+    """
+    if level is None or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(level)
+    if level == 0:
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _below_level(line, level)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def _below_level(line: str, level: int) -> bool:
+    if line.startswith(_NATIVE_PREINIT_NOTICE):
+        return True
+    match = _NATIVE_LOG_LINE.match(line)
+    return bool(match) and "IWEF".index(match.group(1)) < level
+
+
+def quiet_python_logging() -> None:
+    """Library INFO lines (TF's checkpoint chatter, matplotlib's font cache) hidden unless the user
+    asked for a verbosity: absl's handler would otherwise print them."""
+    from absl import logging as absl_logging
+
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+
 def main(argv) -> int:
     extra = argv[1:]
     if extra and FLAGS.mode != "predict":
         raise app.UsageError(f"unexpected arguments: {' '.join(extra)}")
-    from absl import logging as absl_logging
+    import_tensorflow_quietly(tf_log_level(FLAGS.tf_log_level))
+    quiet_python_logging()
 
     from efficientnet_tf.trainer import TrainingDiverged
 
-    absl_logging.set_verbosity(absl_logging.WARNING)  # TF's checkpoint chatter
     try:
         if FLAGS.mode == "summary":
             run_summary()

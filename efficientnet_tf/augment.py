@@ -2,13 +2,16 @@
 
 Applied to whole batches inside tf.data. Magnitudes use the tensorflow/tpu scale where 10 is
 the strongest level keras-cv offers; larger values (the V2 paper's 15-25) are clipped to 10.
+Augmentation always computes in float32, whatever the global Keras dtype policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 
+import keras
 import tensorflow as tf
 
 log = logging.getLogger(__name__)
@@ -36,10 +39,31 @@ class AugmentConfig:
         return self.mixes_labels or (self.randaug_layers > 0 and self.randaug_magnitude > 0)
 
 
+@contextlib.contextmanager
+def float32_policy():
+    """Keras' global dtype policy set to float32 inside, restored after (even on error)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 class BatchAugmenter:
-    """images [B, H, W, 3] float 0..255, labels one-hot [B, C] -> the same, augmented."""
+    """images [B, H, W, 3] float 0..255, labels one-hot [B, C] -> the same, augmented, float32.
+
+    The keras-cv layers are built under a float32 policy: they (and the sub-layers RandAugment
+    creates) take their compute dtype from the global policy, and under mixed precision they
+    would compute in bfloat16/float16, where CutMix fails (`float32 does not match bfloat16`)
+    and pixel values lose precision (bfloat16 keeps 8 bits: 254.6 becomes 254).
+    """
 
     def __init__(self, config: AugmentConfig, seed: int | None = None):
+        with float32_policy():
+            self._build(config, seed)
+
+    def _build(self, config: AugmentConfig, seed: int | None) -> None:
         import keras_cv  # heavy import: only when augmentation is on
 
         self.config = config
@@ -58,6 +82,7 @@ class BatchAugmenter:
         self.cutmix = keras_cv.layers.CutMix(alpha=config.cutmix_alpha, seed=seed) if config.cutmix_alpha > 0 else None
 
     def __call__(self, images, labels):
+        images = tf.cast(images, tf.float32)
         if self.randaug is not None:
             images = tf.cast(self.randaug(images, training=True), tf.float32)
         if self.mixup is None and self.cutmix is None:

@@ -1,7 +1,7 @@
 """Model registry: every variant is one frozen ModelConfig entry.
 
 Figures come from the EfficientNet papers, tensorflow/tpu (V1, Lite), google/automl (V2)
-and keras.applications (layer naming and preprocessing); see ../shared/reference.md.
+and keras.applications (layer naming and preprocessing).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.builder import build_model
+from efficientnet_tf.builder import build_model, functional_model
 from efficientnet_tf.image_io import decode_image
 from efficientnet_tf.input_pipeline import preprocess_eval
 from efficientnet_tf.trainer import WeightAverage, atomic_write, current_umask, load_run_config
@@ -143,7 +143,7 @@ def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequenc
 def probability_model(model: keras.Model) -> keras.Model:
     """Logits model -> probabilities (float32): the graph TFLite converts."""
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(model.output)
-    return keras.Model(model.input, outputs, name=f"{model.name}_probabilities")
+    return functional_model(model.input, outputs, f"{model.name}_probabilities", max_layers=len(model.layers) + 1)
 
 
 def convert_tflite(model: keras.Model, quantization: str, representative_images: Iterable | None = None,

@@ -18,12 +18,56 @@ def scaled_learning_rate(per_256: float, global_batch_size: int) -> float:
 
 @keras.saving.register_keras_serializable(package="efficientnet_tf")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup, then exponential (staircase x0.97 every 2.4 epochs), cosine or constant."""
+    """Linear warmup, then exponential (staircase), cosine or constant. Never above `base_lr`.
+
+    Optimizer step `s` (0-based) uses the schedule's value at the end of that step,
+    `t = s + 1` steps into the run, so the first step trains and the last one (t = total_steps)
+    gets the value the run is meant to end at. With W = warmup_epochs * steps_per_epoch and
+    D = decay_epochs * steps_per_epoch, both in (possibly fractional) steps, T = total_steps:
+
+    * warmup, t < W: `base_lr * t / W`, rising below the peak, which the ramp meets at t = W;
+    * exponential: `base_lr * decay_rate ** floor(t / D)`, counted from the start of the run
+      (as tensorflow/tpu) so that the last step is within one period of
+      `decay_rate ** (T / D)`: 0.97 ** floor(350 / 2.4) = 1.21% of the peak for the papers'
+      shape at any run length. A period shorter than one step is not clamped to one step
+      (that made short runs end far above their promised fraction);
+    * cosine: `min_lr + (base_lr - min_lr) * (1 + cos(pi * p)) / 2` with
+      `p = clip((t - W) / (T - W), 0, 1)`: from the peak at t = W to min_lr at the last step;
+    * constant: `base_lr`.
+
+    The result is never below `min_lr`.
+
+    Args:
+        base_lr: the peak learning rate.
+        steps_per_epoch: optimizer steps per epoch (>= 1).
+        total_steps: optimizer steps of the whole run (>= 1).
+        schedule: 'exponential', 'cosine' or 'constant' (after the warmup).
+        warmup_epochs: linear warmup length in epochs (>= 0, fractions allowed).
+        decay_rate: exponential: factor per decay period, in (0, 1].
+        decay_epochs: exponential: epochs per decay period (> 0, fractions allowed).
+        min_lr: floor of the learning rate (cosine anneals to it).
+    """
+
+    # A period boundary within this fraction of a period counts as crossed: float32 rounding of
+    # t / D must not delay a decay by a whole period (e.g. 36 / 7.2 computed as 4.9999995).
+    _BOUNDARY_TOLERANCE = 1e-4
 
     def __init__(self, base_lr, steps_per_epoch, total_steps, schedule="exponential", warmup_epochs=5.0,
                  decay_rate=0.97, decay_epochs=2.4, min_lr=0.0):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+        checks = [
+            (base_lr > 0, f"base_lr must be > 0, got {base_lr}"),
+            (steps_per_epoch >= 1, f"steps_per_epoch must be >= 1, got {steps_per_epoch}"),
+            (total_steps >= 1, f"total_steps must be >= 1, got {total_steps}"),
+            (warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {warmup_epochs}"),
+            (0 < decay_rate <= 1, f"decay_rate must be in (0, 1], got {decay_rate}"),
+            (decay_epochs > 0, f"decay_epochs must be > 0, got {decay_epochs}"),
+            (0 <= min_lr <= base_lr, f"min_lr must be in [0, base_lr={base_lr}], got {min_lr}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
         self.base_lr = float(base_lr)
         self.steps_per_epoch = int(steps_per_epoch)
         self.total_steps = int(total_steps)
@@ -33,20 +77,28 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.decay_epochs = float(decay_epochs)
         self.min_lr = float(min_lr)
 
+    @property
+    def warmup_steps(self) -> float:
+        return self.warmup_epochs * self.steps_per_epoch
+
+    @property
+    def decay_steps(self) -> float:
+        return self.decay_epochs * self.steps_per_epoch
+
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warmup_steps = self.warmup_epochs * self.steps_per_epoch
+        t = tf.cast(step, tf.float32) + 1.0  # the end of step `step`
+        warmup_steps = self.warmup_steps
         if self.schedule == "exponential":
-            decay_steps = max(self.decay_epochs * self.steps_per_epoch, 1.0)
-            lr = self.base_lr * tf.pow(self.decay_rate, tf.floor(step / decay_steps))
+            periods = tf.floor(t / self.decay_steps + self._BOUNDARY_TOLERANCE)
+            lr = self.base_lr * tf.pow(self.decay_rate, periods)
         elif self.schedule == "cosine":
-            span = max(self.total_steps - warmup_steps, 1.0)
-            progress = tf.clip_by_value((step - warmup_steps) / span, 0.0, 1.0)
+            span = max(self.total_steps - warmup_steps, 1e-9)
+            progress = tf.clip_by_value((t - warmup_steps) / span, 0.0, 1.0)
             lr = self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + tf.cos(math.pi * progress))
         else:
             lr = tf.constant(self.base_lr)
         if warmup_steps > 0:
-            lr = tf.where(step < warmup_steps, self.base_lr * (step + 1) / warmup_steps, lr)
+            lr = tf.where(t < warmup_steps, self.base_lr * t / warmup_steps, lr)
         return tf.maximum(lr, self.min_lr)
 
     def get_config(self):

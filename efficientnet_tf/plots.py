@@ -130,7 +130,9 @@ def plot_lr_schedule(schedule: Callable | None = None, total_steps: int | None =
             raise ValueError("plot_lr_schedule: total_steps is needed with a schedule")
         steps = np.arange(total_steps)
         values = np.array([float(schedule(step)) for step in steps])
-        axes.plot(steps / steps_per_epoch, values, "-", label="schedule")
+        # Step s runs with the value at the end of the step, so it is drawn at (s + 1): the
+        # logged end-of-epoch values then sit exactly on the curve.
+        axes.plot((steps + 1) / steps_per_epoch, values, "-", label="schedule")
     if history is not None:
         columns = load_history(history)
         if _has(columns, "lr"):

@@ -26,14 +26,20 @@ from efficientnet_tf.augment import AugmentConfig
 from efficientnet_tf.builder import build_model
 from efficientnet_tf.configs import get_config
 from efficientnet_tf.data import get_source
-from efficientnet_tf.input_pipeline import PipelineConfig, distributed_dataset, make_dataset, per_replica_batch_size
+from efficientnet_tf.input_pipeline import (
+    SMALL_IMAGE,
+    PipelineConfig,
+    distributed_dataset,
+    make_dataset,
+    per_replica_batch_size,
+)
 from efficientnet_tf.optim import OPTIMIZERS, SCHEDULES, WarmupSchedule, l2_loss, make_optimizer, scaled_learning_rate
 
 log = logging.getLogger(__name__)
 HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss", "lr",
                    "stage", "image_size", "dropout_rate", "randaug_magnitude", "mixup_alpha", "images_per_sec")
 HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool")
-PAPER_EPOCHS, PAPER_WARMUP_EPOCHS, PAPER_DECAY_EPOCHS = 350, 5.0, 2.4  # ../shared/reference.md
+PAPER_EPOCHS, PAPER_WARMUP_EPOCHS, PAPER_DECAY_EPOCHS = 350, 5.0, 2.4  # tensorflow/tpu's EfficientNet ImageNet run
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,7 +48,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A training run. Defaults are the papers' ImageNet recipe (see ../shared/reference.md)."""
+    """A training run. Defaults are the papers' ImageNet recipe (RMSprop, LR 0.016 per 256, 350 epochs)."""
 
     model: str = "efficientnet-b0"
     dataset: str = "digits"
@@ -50,7 +56,11 @@ class TrainConfig:
     model_dir: str = "runs/efficientnet-b0"
     epochs: int = 350
     batch_size: int = 64  # global; the papers use 4096 on TPU pods
-    image_size: int | None = None  # None: the model's resolution (small-image datasets: 32)
+    # Evaluation and export size. None: the variant's resolution (small-image datasets: 32).
+    image_size: int | None = None
+    # Training size. None: the variant's train_resolution (V2 trains smaller than it evaluates:
+    # S 300 / 384) up to image_size, else image_size; small-image datasets (< 64 px): image_size.
+    train_image_size: int | None = None
     optimizer: str = "rmsprop"
     learning_rate: float = 0.016  # per 256 images, scaled with the batch
     lr_schedule: str = "exponential"
@@ -76,7 +86,7 @@ class TrainConfig:
     finetune_lr_scale: float = 0.1  # LR factor for the unfrozen phase
     progressive_stages: int = 0  # >1: EfficientNetV2 progressive learning with this many stages
     progressive_min_size: int = 128
-    progressive_max_size: int | None = None  # None: image_size
+    progressive_max_size: int | None = None  # None: the training size (V2-S: 300, Table 6)
     progressive_min_dropout: float = 0.1
     progressive_max_dropout: float | None = None  # None: dropout_rate
     progressive_min_randaug: float = 5.0
@@ -89,7 +99,8 @@ class TrainConfig:
     steps_per_loop: int = 1  # train steps per tf.function call (raise on TPU)
     jit_compile: bool | None = None  # None: XLA on TPU only (measured: slower on CPU)
     sync_batch_norm: bool | None = None  # None: on when there are several replicas
-    validation_fraction: float = 0.2
+    validation_fraction: float | None = None  # held out when there is no eval split; None: the source's default
+    label_key: str = "label"  # TFDS: the ClassLabel feature to classify
     on_bad_image: str = "error"
 
     def validate(self) -> None:
@@ -113,6 +124,14 @@ class TrainConfig:
             (self.drop_connect_rate is None or 0 <= self.drop_connect_rate < 1,
              f"drop_connect_rate must be in [0, 1), got {self.drop_connect_rate}"),
             (self.image_size is None or self.image_size >= 32, f"image_size must be >= 32, got {self.image_size}"),
+            (self.train_image_size is None or self.train_image_size >= 32,
+             f"train_image_size must be >= 32, got {self.train_image_size}"),
+            (self.progressive_max_size is None or self.progressive_max_size >= 32,
+             f"progressive_max_size must be >= 32, got {self.progressive_max_size}"),
+            (self.validation_fraction is None or 0 < self.validation_fraction < 1,
+             f"validation_fraction must be in (0, 1) or None (the source's default), got {self.validation_fraction}"),
+            (isinstance(self.label_key, str) and bool(self.label_key.strip()),
+             f"label_key must be a feature name such as 'label', got {self.label_key!r}"),
             (self.strategy in distribute.STRATEGIES, f"unknown strategy {self.strategy!r}; choose from {', '.join(distribute.STRATEGIES)}"),
             (self.progressive_stages >= 0, f"progressive_stages must be >= 0, got {self.progressive_stages}"),
             (self.progressive_stages <= self.epochs, f"progressive_stages ({self.progressive_stages}) cannot exceed epochs ({self.epochs})"),
@@ -140,14 +159,57 @@ class TrainConfig:
         return warmup, decay
 
     def make_schedule(self, base_lr: float, steps_per_epoch: int) -> WarmupSchedule:
+        """The run's LR schedule (see `WarmupSchedule` for its value at every step)."""
         warmup, decay = self.schedule_epochs()
         return WarmupSchedule(base_lr, steps_per_epoch, steps_per_epoch * self.epochs, self.lr_schedule, warmup,
                               self.lr_decay_rate, decay)
 
-    def load_source(self, on_bad_image: str | None = None):
+    def image_sizes(self, native_size: int | None) -> tuple[int, int]:
+        """(training size, evaluation/export size) for a dataset whose images are `native_size`
+        pixels (None: of varied size).
+
+        Evaluation: `image_size`, else the variant's resolution. Training: `train_image_size`,
+        else the variant's `train_resolution` where it has one (EfficientNetV2 trains smaller
+        than it evaluates: S 300/384, B0 192/224) but never above the evaluation size (a smaller
+        `image_size` trains at that size), else the evaluation size. Small-image datasets
+        (CIFAR, digits: < 64 px) train and evaluate at one size, 32 unless `image_size` says
+        otherwise: upsampling to 224 costs 49x for little gain from scratch, and shrinking the
+        training crop of a 32 px picture only loses detail.
+        """
+        model_config = get_config(self.model)
+        small = native_size is not None and native_size < SMALL_IMAGE
+        if self.image_size:
+            eval_size = self.image_size
+        else:
+            eval_size = 32 if small else model_config.resolution
+        if self.train_image_size:
+            train_size = self.train_image_size
+        elif small or model_config.train_resolution is None:
+            train_size = eval_size
+        else:
+            train_size = min(model_config.train_resolution, eval_size)
+        return train_size, eval_size
+
+    def load_source(self, on_bad_image: str | None = None, download: bool = True):
         """The run's dataset, with the same seeded train/eval split every time."""
         return get_source(self.dataset, self.data_dir, validation_fraction=self.validation_fraction,
-                          seed=self.seed or 0, on_bad_image=on_bad_image or self.on_bad_image)
+                          seed=self.seed or 0, on_bad_image=on_bad_image or self.on_bad_image, download=download,
+                          label_key=self.label_key)
+
+    def peek_native_size(self) -> int | None:
+        """The dataset's stored image size (None: varied), without downloading or reading any
+        images: what a dry run needs to resolve `image_sizes`."""
+        if self.dataset.startswith("folder:"):
+            return None  # any size; and opening the folder source checks every file
+        try:
+            return self.load_source(download=False).native_size
+        except FileNotFoundError:
+            # A TFDS dataset that is not prepared here: the metadata TFDS ships has the image shape.
+            import tensorflow_datasets as tfds
+
+            features = tfds.builder(self.dataset, data_dir=self.data_dir).info.features
+            shape = features["image"].shape if "image" in features else (None, None)
+            return shape[0] if shape[0] is not None and shape[0] == shape[1] else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,23 +236,25 @@ def stage_pipeline(config: TrainConfig, stage: Stage, training: bool, one_hot: b
                           pad_eval=not training)
 
 
-def plan_stages(config: TrainConfig, image_size: int, dropout_rate: float) -> list[Stage]:
-    """Progressive learning (EfficientNetV2, Algorithm 1): M stages, values rising linearly."""
+def plan_stages(config: TrainConfig, train_size: int, dropout_rate: float) -> list[Stage]:
+    """The run's training stages: one, frozen-then-unfrozen (transfer), or progressive learning
+    (EfficientNetV2, Algorithm 1: M stages, image size and regularization rising linearly, the
+    size up to `progressive_max_size`, default `train_size`)."""
     if config.freeze_backbone:
         frozen_epochs = config.epochs - config.finetune_epochs
-        stages = [Stage(0, 0, frozen_epochs, image_size, dropout_rate, config.randaug_magnitude, config.mixup_alpha, frozen=True)]
+        stages = [Stage(0, 0, frozen_epochs, train_size, dropout_rate, config.randaug_magnitude, config.mixup_alpha, frozen=True)]
         if config.finetune_epochs:
-            stages.append(Stage(1, frozen_epochs, config.epochs, image_size, dropout_rate, config.randaug_magnitude,
+            stages.append(Stage(1, frozen_epochs, config.epochs, train_size, dropout_rate, config.randaug_magnitude,
                                 config.mixup_alpha, lr_scale=config.finetune_lr_scale))
         return stages
     count = config.progressive_stages
     if count <= 1:
-        return [Stage(0, 0, config.epochs, image_size, dropout_rate, config.randaug_magnitude, config.mixup_alpha)]
+        return [Stage(0, 0, config.epochs, train_size, dropout_rate, config.randaug_magnitude, config.mixup_alpha)]
 
     def ramp(low, high, i):
         return low + (high - low) * i / (count - 1)
 
-    max_size = config.progressive_max_size or image_size
+    max_size = config.progressive_max_size or train_size
     max_dropout = dropout_rate if config.progressive_max_dropout is None else config.progressive_max_dropout
     max_randaug = config.randaug_magnitude if config.progressive_max_randaug is None else config.progressive_max_randaug
     max_mixup = config.mixup_alpha if config.progressive_max_mixup is None else config.progressive_max_mixup
@@ -305,24 +369,20 @@ class Trainer:
 
         self.source = config.load_source()
         model_config = get_config(config.model)
-        if config.image_size:
-            self.image_size = config.image_size
-        elif self.source.native_size and self.source.native_size < 64:
-            self.image_size = 32  # CIFAR/digits: upsampling to 224 costs 49x for little gain from scratch
-        else:
-            self.image_size = model_config.resolution
+        # image_size: evaluation and export; train_image_size: training (V2: smaller).
+        self.train_image_size, self.image_size = config.image_sizes(self.source.native_size)
         self.steps_per_epoch = max(1, (self.source.num_train or config.batch_size) // config.batch_size)
         if config.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
         self.bn_momentum = config.bn_momentum or effective_bn_momentum(model_config.bn_momentum, self.steps_per_epoch)
         self.dropout_rate = model_config.dropout_rate if config.dropout_rate is None else config.dropout_rate
-        self.stages = plan_stages(config, self.image_size, self.dropout_rate)
+        self.stages = plan_stages(config, self.train_image_size, self.dropout_rate)
         self.base_lr = scaled_learning_rate(config.learning_rate, config.batch_size)
         self.one_hot = config.label_smoothing > 0 or config.mixup_alpha > 0 or config.cutmix_alpha > 0 or (
             config.progressive_stages > 1 and (config.progressive_max_mixup or 0) > 0)
         self.sync_bn = config.sync_batch_norm if config.sync_batch_norm is not None else self.replicas > 1
 
-        variable_size = len({s.image_size for s in self.stages}) > 1
+        variable_size = len({s.image_size for s in self.stages} | {self.image_size}) > 1
         with self.strategy.scope():
             self.model = build_model(
                 config.model,
@@ -475,6 +535,12 @@ class Trainer:
                     f"{self.source.num_classes} classes; {self.replicas} replica(s) on {self.device}, policy {self.policy}, "
                     f"batch {config.batch_size}, {self.steps_per_epoch} steps/epoch, BN momentum {self.bn_momentum:.3f}, "
                     f"XLA {'on' if self.jit_compile else 'off'}")
+        split = getattr(self.source, "split_description", "")
+        if split:
+            self._print(f"data: {split}")
+        self._print(f"image size: train {self.stages[-1].image_size}"
+                    + (f" (stages {', '.join(str(s.image_size) for s in self.stages)})" if len(self.stages) > 1 else "")
+                    + f", eval/export {self.image_size}")
         warmup, decay = config.schedule_epochs()
         self._print(f"LR {self.base_lr:.3g} peak ({config.learning_rate:g} per 256), {config.lr_schedule} schedule, "
                     f"warmup {warmup:.3g} epochs" + (f", x{config.lr_decay_rate:g} every {decay:.3g} epochs"
@@ -534,7 +600,9 @@ class Trainer:
             "dataset": self.config.dataset,
             "num_classes": self.source.num_classes,
             "class_names": list(self.source.class_names),
-            "image_size": self.stages[-1].image_size,
+            "image_size": self.image_size,  # evaluation and export size
+            "train_image_size": self.stages[-1].image_size,  # the last training stage's size
+            "split": getattr(self.source, "split_description", ""),
             "steps_per_epoch": self.steps_per_epoch,
             "base_lr": self.base_lr,
             "config": dataclasses.asdict(self.config),
@@ -594,14 +662,15 @@ class Trainer:
             progress.update(done, [("loss", loss_sum / done), ("accuracy", correct_sum / seen),
                                    ("images/s", seen / (time.perf_counter() - start))])
         elapsed = time.perf_counter() - start
-        val = self.evaluate(image_size=stage.image_size) if validate else {"top1": float("nan"), "loss": float("nan")}
+        # Validation at the evaluation size, like the final report: what the exported model will see.
+        val = self.evaluate() if validate else {"top1": float("nan"), "loss": float("nan")}
         row = {
             "epoch": epoch,
             "accuracy": round(correct_sum / (done * self.config.batch_size), 6),
             "loss": round(loss_sum / done, 6),
             "val_accuracy": round(val["top1"], 6),
             "val_loss": round(val["loss"], 6),
-            "lr": float(self.schedule(self._optimizer_steps()) * self.lr_scale),
+            "lr": self._last_step_lr(),
             "stage": stage.index,
             "image_size": stage.image_size,
             "dropout_rate": round(stage.dropout_rate, 4),
@@ -613,6 +682,11 @@ class Trainer:
                     f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} lr {row['lr']:.3g} "
                     f"({row['images_per_sec']:.0f} images/s)")
         return row
+
+    def _last_step_lr(self) -> float:
+        """The LR the epoch's last optimizer step used (the counter already points past it)."""
+        last_step = tf.maximum(self._optimizer_steps() - 1, 0)
+        return float(self.schedule(last_step) * self.lr_scale)
 
     def _save_epoch(self, history, row, writer) -> None:
         # Every worker saves (collectives); only the chief's directory is kept.
@@ -630,9 +704,10 @@ class Trainer:
             shutil.rmtree(os.path.dirname(self.checkpoint_dir), ignore_errors=True)
 
     def evaluate(self, image_size: int | None = None, confusion: bool = False) -> dict:
-        """Top-1/top-5/loss on the eval split, with the EMA weights when the run keeps them;
-        with `confusion`, also the confusion matrix (rows: true class) as a numpy array."""
-        size = image_size or self.stages[-1].image_size
+        """Top-1/top-5/loss on the eval split at `image_size` (default: the run's evaluation size),
+        with the EMA weights when the run keeps them; with `confusion`, also the confusion matrix
+        (rows: true class) as a numpy array."""
+        size = image_size or self.image_size
         stage = dataclasses.replace(self.stages[-1], image_size=size)
         # Full batches padded with zero-weight examples: static shapes (TPU), the same number of
         # steps on every worker (collectives), no empty replica batch, every example counted once.
@@ -721,7 +796,8 @@ def replot_run(model_dir: str, with_images: bool = True) -> list[str]:
     if with_images:
         try:
             dropout = get_config(config.model).dropout_rate if config.dropout_rate is None else config.dropout_rate
-            first_stage = plan_stages(config, int(info["image_size"]), dropout)[0]  # as the end of training draws it
+            train_size = int(info.get("train_image_size", info["image_size"]))  # runs before V2 sizes: one size
+            first_stage = plan_stages(config, train_size, dropout)[0]  # as the end of training draws it
             augmented = augmented_batch(config.load_source("skip"), stage_pipeline(config, first_stage, True))
         except (OSError, ValueError) as err:
             log.warning("augmented-image grid left out: dataset %s unavailable (%s)", config.dataset, err)

@@ -62,9 +62,10 @@ def test_dynamic_model_equals_fixed_model_at_every_odd_and_even_side(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", V1_AND_LITE)
 def test_every_v1_and_lite_variant_dynamic_equals_fixed(name):
-    """Each variant at an odd size, at its own resolution and (but L2) at the largest guaranteed size."""
+    """Each variant at odd sizes, at its own resolution and at 599 (L2, 480M params: at 255 instead
+    of its 800, which needs more memory than CI has; its padding sees the same sides as B0's)."""
     resolution = get_config(name).resolution
-    sizes = [33, 47, resolution] + ([] if name == "efficientnet-l2" else [599])
+    sizes = [33, 47, 255] if name == "efficientnet-l2" else [33, 47, resolution, 599]
     for size, fixed, dynamic in _fixed_and_dynamic_logits(name, sorted(set(sizes))):
         assert _max_relative_difference(fixed, dynamic) <= 1e-5, (name, size)
 

@@ -45,8 +45,18 @@ def test_v2_recipe_follows_table_6():
     assert (config["progressive_min_size"], config["progressive_max_size"]) == (128, 300)
     assert (config["progressive_min_randaug"], config["progressive_max_randaug"]) == (5, 15)
     assert (config["progressive_min_dropout"], config["progressive_max_dropout"]) == (0.1, 0.3)
+    # Trained up to 300, evaluated and exported at 384 (the dry run resolves without the data).
+    assert (config["resolved_train_image_size"], config["resolved_image_size"]) == (300, 384)
+    assert config["resolved_stage_image_sizes"] == [128, 184, 240, 300]
 
 
 def test_transfer_recipe_freezes_then_finetunes():
     config = _resolve(f"--flagfile={[p for p in RECIPES if p.endswith('cifar10_transfer.cfg')][0]}")
     assert config["weights"] == "imagenet" and config["freeze_backbone"] and config["finetune_epochs"] > 0
+    assert (config["resolved_train_image_size"], config["resolved_image_size"]) == (224, 224)
+
+
+def test_data_flags_reach_the_config():
+    config = _resolve("--validation_fraction=0.3", "--label_key=label_category", "--dataset=smallnorb")
+    assert config["validation_fraction"] == 0.3 and config["label_key"] == "label_category"
+    assert _resolve()["validation_fraction"] is None  # unset: the source's own default (0.1; digits 0.2)

@@ -6,10 +6,12 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from efficientnet_tf.augment import AugmentConfig, BatchAugmenter
 from efficientnet_tf.input_pipeline import make_dataset
 from efficientnet_tf.trainer import (
     TrainConfig,
@@ -118,11 +120,21 @@ def test_progressive_stages_rise_linearly():
     config = TrainConfig(epochs=8, progressive_stages=4, progressive_min_size=128, progressive_max_size=300,
                          progressive_min_dropout=0.1, progressive_max_dropout=0.3, progressive_min_randaug=5,
                          progressive_max_randaug=15, progressive_min_mixup=0.0, progressive_max_mixup=0.0)
-    stages = plan_stages(config, image_size=300, dropout_rate=0.2)
+    stages = plan_stages(config, train_size=300, dropout_rate=0.2)
     assert [s.image_size for s in stages] == [128, 184, 240, 300]
     assert [round(s.dropout_rate, 4) for s in stages] == [0.1, 0.1667, 0.2333, 0.3]
     assert [s.randaug_magnitude for s in stages] == pytest.approx([5, 8.3333, 11.6667, 15], rel=1e-4)
     assert [(s.first_epoch, s.end_epoch) for s in stages] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+
+
+def test_validation_fraction_and_label_key_reach_the_source():
+    default = TrainConfig(dataset="digits").load_source()
+    assert (default.num_train, default.num_eval) == (1437, 360)  # digits' own default: 20% held out
+    custom = TrainConfig(dataset="digits", validation_fraction=0.3).load_source()
+    assert (custom.num_train, custom.num_eval) == (1257, 540)
+    assert "30%" in custom.split_description
+    with pytest.raises(ValueError, match="label_key='digit'"):
+        TrainConfig(dataset="digits", label_key="digit").load_source()
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -131,6 +143,10 @@ def test_progressive_stages_rise_linearly():
     ("model", "efficientnet-b11", "unknown model 'efficientnet-b11'"),
     ("lr_schedule", "step", "unknown lr_schedule 'step'"),
     ("mixup_alpha", -0.5, "mixup_alpha must be >= 0"),
+    ("validation_fraction", 1.0, r"validation_fraction must be in \(0, 1\) or None \(the source's default\), got 1.0"),
+    ("validation_fraction", 0, r"validation_fraction must be in \(0, 1\)"),
+    ("label_key", "", "label_key must be a feature name such as 'label', got ''"),
+    ("progressive_max_size", 16, "progressive_max_size must be >= 32, got 16"),
 ])
 def test_bad_config_values(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -160,16 +176,19 @@ def _run_main(model_dir, *extra, timeout=600):
 
 def test_resume_after_sigkill_continues_from_last_epoch(tmp_path):
     model_dir = tmp_path / "run"
-    args = ["--epochs=3", "--steps_per_epoch=8", "--warmup_epochs=5"]  # warmup spans the kill: checks the schedule resumes
+    # Warmup spans the kill: checks the schedule resumes. Epochs of 20 steps (~3 s) leave time
+    # to kill during epoch 2 (8 steps could finish epoch 2 before the kill on an idle machine).
+    args = ["--epochs=3", "--steps_per_epoch=20", "--warmup_epochs=5"]
     cmd = [sys.executable, "main.py", "--model=efficientnet-b0", "--dataset=digits", f"--model_dir={model_dir}",
            "--batch_size=32", "--image_size=32", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(tmp_path / "first.log", "w") as log:  # not a pipe: nobody reads it, it must not fill up
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     # Kill once epoch 1 is checkpointed and epoch 2 is under way.
     while time.time() < deadline:
         rows = read_history(str(model_dir))
         if len(rows) >= 1 and os.path.exists(model_dir / "checkpoints" / "checkpoint"):
-            time.sleep(2.0)
+            time.sleep(0.5)
             break
         time.sleep(0.2)
     assert proc.poll() is None, "training finished before it could be killed"
@@ -180,6 +199,7 @@ def test_resume_after_sigkill_continues_from_last_epoch(tmp_path):
     result = _run_main(model_dir, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stdout and "epoch 2 of 3" in result.stdout
+    assert "data: train: scikit-learn digits" in result.stdout  # which images train and which evaluate
     rows = read_history(str(model_dir))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
@@ -187,8 +207,8 @@ def test_resume_after_sigkill_continues_from_last_epoch(tmp_path):
               if "iteration" in name or name.startswith(("epoch", "ema/num_updates"))}
     assert int(values["epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
     iterations = [v for k, v in values.items() if "iteration" in k]
-    assert iterations and all(int(v) == 24 for v in iterations)  # 3 epochs x 8 steps: counters restored
-    assert int(values["ema/num_updates/.ATTRIBUTES/VARIABLE_VALUE"]) == 24
+    assert iterations and all(int(v) == 60 for v in iterations)  # 3 epochs x 20 steps: counters restored
+    assert int(values["ema/num_updates/.ATTRIBUTES/VARIABLE_VALUE"]) == 60
     report = json.loads((model_dir / "eval_report.json").read_text())
     assert set(report) >= {"top1", "top5", "loss", "images_per_sec"}
     # lr column follows the restored schedule: warmup continued, not restarted
@@ -209,8 +229,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_freeze_backbone_trains_head_only_then_unfreezes(tmp_path):
+    # Constant LR: the papers' decay shape squeezed into 4 steps would leave the second step ~0.1x.
     config = TrainConfig(model_dir=str(tmp_path), freeze_backbone=True, epochs=2, finetune_epochs=1, steps_per_epoch=2,
-                         warmup_epochs=0,
+                         warmup_epochs=0, lr_schedule="constant",
                          **{k: v for k, v in QUICK.items() if k != "epochs"})
     trainer = Trainer(config, verbose=False)
     frozen, unfrozen = trainer.stages
@@ -280,3 +301,61 @@ def test_progressive_learning_under_mirrored_strategy(tmp_path):
     assert [float(r["dropout_rate"]) for r in rows] == [0.05, 0.15]
     assert int(trainer.optimizer.iterations.numpy()) == 4  # both stages trained the same variables
     assert report["images"] == 360 and 0.0 <= report["top1"] <= 1.0
+
+
+@pytest.fixture
+def restore_policy():
+    """Trainer(mixed_precision=True) sets Keras' global policy: give the next test float32 back."""
+    previous = keras.mixed_precision.global_policy()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+AUGMENTATIONS = {
+    "randaugment": AugmentConfig(randaug_layers=2, randaug_magnitude=9),
+    "mixup": AugmentConfig(mixup_alpha=0.2),
+    "cutmix": AugmentConfig(cutmix_alpha=1.0),
+    "mixup+cutmix": AugmentConfig(mixup_alpha=0.2, cutmix_alpha=1.0),
+    "all": AugmentConfig(randaug_layers=2, randaug_magnitude=9, mixup_alpha=0.2, cutmix_alpha=1.0),
+}
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_every_augmentation_computes_in_float32_under_mixed_precision(name, restore_policy):
+    """keras-cv layers built under mixed_bfloat16 computed in bfloat16: CutMix crashed
+    (`float32 does not match bfloat16`) and pixels lost their low bits."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    config = AUGMENTATIONS[name]
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)]
+    augmenter = BatchAugmenter(config, seed=0)
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # restored after building
+    dataset = tf.data.Dataset.from_tensors((images, labels)).map(augmenter)  # as the input pipeline runs it
+    out_images, out_labels = (t.numpy() for t in next(iter(dataset)))
+    assert out_images.dtype == np.float32 and out_labels.dtype == np.float32
+    assert out_images.shape == images.shape and out_labels.shape == labels.shape
+    assert out_images.min() >= 0 and out_images.max() <= 255
+    np.testing.assert_allclose(out_labels.sum(axis=1), 1.0, rtol=1e-5)
+    # Computed in bfloat16, every value would have 8 significant bits. Float32 pixels pasted,
+    # blended or transformed keep more (some RandAugment ops round to integers: not all do).
+    as_bfloat16 = tf.cast(tf.cast(out_images, tf.bfloat16), tf.float32).numpy()
+    assert np.mean(out_images != as_bfloat16) > 0.2
+
+
+def test_mixed_precision_training_with_cutmix(tmp_path, restore_policy):
+    """The CLI's --mixed_precision --cutmix_alpha combination, end to end (train, validate, report)."""
+    config = TrainConfig(model_dir=str(tmp_path), model="efficientnet-lite0", dataset="digits", image_size=32,
+                         batch_size=16, epochs=1, steps_per_epoch=2, mixed_precision=True, cutmix_alpha=1.0,
+                         mixup_alpha=0.2, randaug_layers=1, randaug_magnitude=5, seed=0)
+    trainer = Trainer(config, verbose=False)
+    assert trainer.policy == "mixed_bfloat16"
+    images, labels = _batch(trainer)
+    assert images.dtype == tf.float32 and labels.shape == (16, 10)
+    report = trainer.fit()
+    rows = read_history(str(tmp_path))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
+    assert int(trainer.optimizer.iterations.numpy()) == 2
+    assert report["images"] == 360 and np.isfinite(report["loss"])

@@ -1,0 +1,69 @@
+"""main.py on a plain CPU machine: quiet by default, TensorFlow's lines back when asked for."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a CPU machine printed on every run before: TF's library loading, its CUDA probing and
+# matplotlib building its font cache (absl's log handler made that INFO line visible).
+NOISE = ("absl::InitializeLog", "port.cc", "cudart_stub", "cuInit", "cuda_platform", "font_manager",
+         "generated new fontManager")
+NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} ", re.MULTILINE)
+
+
+def _user_environment(**updates):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # conftest sets it
+    return dict(env, **updates)
+
+
+def _summary(tmp_path, *args, **env_updates):
+    # An empty MPLCONFIGDIR: matplotlib builds its font cache again, as on a first run.
+    env = _user_environment(MPLCONFIGDIR=str(tmp_path / "matplotlib"), **env_updates)
+    result = subprocess.run([sys.executable, "main.py", "--mode=summary", "--model=efficientnet-b0", *args],
+                            capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "efficientnet-b0" in result.stdout and "5,330,571" in result.stdout
+    return result.stderr
+
+
+def test_default_run_prints_no_tensorflow_startup_noise(tmp_path):
+    stderr = _summary(tmp_path)
+    assert [word for word in NOISE if word in stderr] == [], stderr
+    assert not NATIVE_LOG_LINE.search(stderr), stderr
+
+
+@pytest.mark.parametrize("how", ["environment", "flag"])
+def test_the_users_log_level_wins(tmp_path, how):
+    """TF_CPP_MIN_LOG_LEVEL=0 (or --tf_log_level=0) shows TensorFlow's own lines again (the
+    oneDNN notice of its library loading appears on every x86 machine)."""
+    if how == "environment":
+        stderr = _summary(tmp_path, TF_CPP_MIN_LOG_LEVEL="0")
+    else:
+        stderr = _summary(tmp_path, "--tf_log_level=0", TF_CPP_MIN_LOG_LEVEL="3")  # the flag beats the variable
+    assert NATIVE_LOG_LINE.search(stderr), stderr
+    assert "port.cc" in stderr
+
+
+def test_log_level_resolution():
+    import main
+
+    assert main.tf_log_level(None, {}) == main.DEFAULT_TF_LOG_LEVEL == 3
+    assert main.tf_log_level(None, {"TF_CPP_MIN_LOG_LEVEL": "1"}) == 1
+    assert main.tf_log_level("0", {"TF_CPP_MIN_LOG_LEVEL": "2"}) == 0
+    assert main.tf_log_level(None, {"TF_CPP_MIN_LOG_LEVEL": "verbose"}) is None  # left to TensorFlow
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--validation_fraction=1.5"], "validation_fraction must be in (0, 1) or None (the source's default), got 1.5"),
+    (["--label_key= "], "label_key must be a feature name such as 'label', got ' '"),
+    (["--train_image_size=8"], "train_image_size must be >= 32, got 8"),
+])
+def test_bad_new_flags_fail_with_one_line(args, message, tmp_path):
+    result = subprocess.run([sys.executable, "main.py", f"--model_dir={tmp_path}", *args], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT, env=_user_environment())
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
