@@ -78,10 +78,15 @@ def test_lr_schedule_plots_the_schedule_and_logged_values(tmp_path):
     figure = plots.plot_lr_schedule(schedule, total_steps=100, steps_per_epoch=10, history=ROWS, path=str(out))
     planned, logged = figure.axes[0].get_lines()
     assert len(planned.get_ydata()) == 100
-    np.testing.assert_allclose(planned.get_xdata()[:3], [0.0, 0.1, 0.2])  # steps shown in epochs
+    # Step s runs with the value at its end: drawn at (s + 1) steps, in epochs.
+    np.testing.assert_allclose(planned.get_xdata()[:3], [0.1, 0.2, 0.3])
     np.testing.assert_allclose(planned.get_ydata()[[0, 19, 60]], [float(schedule(s)) for s in (0, 19, 60)], rtol=1e-6)
     assert planned.get_ydata().max() == pytest.approx(0.1)
+    np.testing.assert_allclose(logged.get_xdata(), [r["epoch"] + 1 for r in ROWS])
     np.testing.assert_allclose(logged.get_ydata(), [r["lr"] for r in ROWS])
+    # An epoch's last step (the value the trainer logs) sits at the end of that epoch on the curve.
+    x_of_last_step = planned.get_xdata()[[10 * (epoch + 1) - 1 for epoch in range(4)]]
+    np.testing.assert_allclose(x_of_last_step, [1, 2, 3, 4])
     assert png_size(out) == (700, 400)
 
 
