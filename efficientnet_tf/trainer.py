@@ -251,13 +251,24 @@ def plan_stages(config: TrainConfig, train_size: int, dropout_rate: float) -> li
     if count <= 1:
         return [Stage(0, 0, config.epochs, train_size, dropout_rate, config.randaug_magnitude, config.mixup_alpha)]
 
-    def ramp(low, high, i):
-        return low + (high - low) * i / (count - 1)
-
     max_size = config.progressive_max_size or train_size
     max_dropout = dropout_rate if config.progressive_max_dropout is None else config.progressive_max_dropout
     max_randaug = config.randaug_magnitude if config.progressive_max_randaug is None else config.progressive_max_randaug
     max_mixup = config.mixup_alpha if config.progressive_max_mixup is None else config.progressive_max_mixup
+    # Progressive learning only ever rises. A first-stage value above the last (the default first
+    # size 128 with a 32 px dataset, magnitude 5 without RandAugment) would make it shrink, so the
+    # last value caps it, with a warning naming the setting.
+    for what, low, high in (("progressive_min_size", config.progressive_min_size, max_size),
+                            ("progressive_min_dropout", config.progressive_min_dropout, max_dropout),
+                            ("progressive_min_randaug", config.progressive_min_randaug, max_randaug),
+                            ("progressive_min_mixup", config.progressive_min_mixup, max_mixup)):
+        if low > high:
+            log.warning("%s=%g is above the last stage's %g: every stage uses %g (lower %s to ramp up)",
+                        what, low, high, high, what)
+
+    def ramp(low, high, i):
+        low = min(low, high)
+        return low + (high - low) * i / (count - 1)
     bounds = [round(config.epochs * i / count) for i in range(count + 1)]
     stages = []
     for i in range(count):

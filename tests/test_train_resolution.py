@@ -93,3 +93,17 @@ def test_run_trains_at_the_training_size_and_records_both(tmp_path):
     assert report["images"] == again["images"] == 360
     np.testing.assert_allclose(report["loss"], again["loss"], rtol=1e-5)
     assert abs(trainer.evaluate(image_size=32)["loss"] - report["loss"]) > 1e-6  # and 32 px is another input
+
+
+def test_progressive_stages_never_shrink_when_a_first_value_is_above_the_last(caplog):
+    """Defaults on a 32 px dataset: first size 128 > 32 and magnitude 5 > 0 (no RandAugment)."""
+    config = TrainConfig(model="efficientnet-b0", dataset="digits", epochs=3, progressive_stages=3)
+    with caplog.at_level("WARNING", logger="efficientnet_tf.trainer"):
+        stages = plan_stages(config, 32, 0.2)
+    assert [s.image_size for s in stages] == [32, 32, 32]
+    assert [s.randaug_magnitude for s in stages] == [0, 0, 0]
+    assert [s.dropout_rate for s in stages] == pytest.approx([0.1, 0.15, 0.2])  # a real ramp is kept
+    assert "progressive_min_size=128 is above the last stage's 32" in caplog.text
+    assert "progressive_min_randaug=5 is above the last stage's 0" in caplog.text
+    for earlier, later in zip(stages, stages[1:]):
+        assert later.image_size >= earlier.image_size and later.randaug_magnitude >= earlier.randaug_magnitude
