@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     variants = {
         "fixed": dict(),
         "progressive": dict(progressive_stages=args.stages, progressive_min_size=args.min_size,
-                            progressive_min_dropout=0.1, progressive_max_dropout=0.2),
+                            progressive_min_dropout=0.1, progressive_max_dropout=0.2,
+                            progressive_min_randaug=0.0),  # no RandAugment in either run
     }
     results, runs = {}, {}
     for label, extra in variants.items():
