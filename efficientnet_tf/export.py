@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf.augment import float32_policy
 from efficientnet_tf.builder import build_model, functional_model
 from efficientnet_tf.image_io import decode_image
 from efficientnet_tf.input_pipeline import preprocess_eval
@@ -42,13 +43,9 @@ def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Mode
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}: train first (python main.py --mode=train "
                                 f"--model_dir={model_dir} ...)")
     size = int(info["image_size"])
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with float32_policy():
         model = build_model(config.model, num_classes=int(info["num_classes"]), input_shape=(size, size, 3),
                             weights=None, classifier_activation=None)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
     ema = WeightAverage(model.variables, config.ema_decay) if config.ema_decay > 0 else None
     checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))
     checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()

@@ -161,11 +161,7 @@ def _warn_if_images_look_unit_scaled(ds: tf.data.Dataset, examples: int = 4) -> 
     0..255. Integer images cannot be; float ones cost a look at the first few examples."""
     if not ds.element_spec[0].dtype.is_floating or not tf.executing_eagerly():
         return
-    first = [image.numpy() for image, *_ in ds.take(examples)]
-    if first:
-        same_shape = len({image.shape for image in first}) == 1
-        batch = np.stack(first) if same_shape else np.concatenate([image.ravel() for image in first])
-        warn_if_unit_scaled(batch, "input pipeline")
+    warn_if_unit_scaled([image.numpy() for image, *_ in ds.take(examples)], "input pipeline")
 
 
 def _eval_count(source: Source) -> int:

@@ -19,27 +19,40 @@ class UnitRangeWarning(UserWarning):
 _warned_places: set[str] = set()
 
 
+def _as_arrays(images) -> list[np.ndarray]:
+    """A batch (array or tensor) as one array; a list or tuple as one array per image, which may
+    differ in size."""
+    if isinstance(images, (list, tuple)):
+        return [np.asarray(image) for image in images]
+    return [np.asarray(images)]
+
+
 def looks_unit_scaled(images) -> bool:
-    """True when a non-empty float batch has no value above 1 (0..255 data almost never does;
-    an all-black batch does, and gets the one warning too)."""
-    array = np.asarray(images)
-    if array.size == 0 or not np.issubdtype(array.dtype, np.floating):
+    """True when non-empty float images have no value above 1 (0..255 data almost never does;
+    an all-black batch does, and gets the one warning too).
+
+    `images`: a batch (array or tensor), or a list of images of different sizes.
+    """
+    arrays = [array for array in _as_arrays(images) if array.size]
+    if not arrays or not all(np.issubdtype(array.dtype, np.floating) for array in arrays):
         return False
-    return bool(np.nanmax(array) <= 1.0)
+    return bool(max(np.nanmax(array) for array in arrays) <= 1.0)
 
 
 def warn_if_unit_scaled(images, where: str) -> bool:
-    """Warn once per `where` (e.g. "Predictor") when `images` look scaled to 0..1.
+    """Warn once per `where` (e.g. "Predictor") when `images` (see `looks_unit_scaled`) look
+    scaled to 0..1.
 
-    Returns whether the batch looks scaled, warned or not.
+    Returns whether the images look scaled, warned or not.
     """
     scaled = looks_unit_scaled(images)
     if scaled and where not in _warned_places:
         _warned_places.add(where)
+        shapes = sorted({array.shape for array in _as_arrays(images)})
         warnings.warn(
-            f"{where}: the images look scaled to 0..1 (max <= 1 over a batch of {np.shape(images)}); "
-            "efficientnet_tf models take raw RGB pixels in 0..255 and normalize inside the model. "
-            "Multiply by 255 (or skip your own rescaling).",
+            f"{where}: the images look scaled to 0..1 (max <= 1 over images of shape "
+            f"{', '.join(map(str, shapes))}); efficientnet_tf models take raw RGB pixels in 0..255 and "
+            "normalize inside the model. Multiply by 255 (or skip your own rescaling).",
             UnitRangeWarning,
             stacklevel=3,
         )

@@ -127,10 +127,7 @@ class Predictor:
         for image in batch:
             if image.ndim != 3 or image.shape[-1] != 3:
                 raise ValueError(f"each image must be [height, width, 3] RGB, got shape {image.shape}")
-        if all(image.dtype.kind == "f" for image in batch):
-            same_shape = len({image.shape for image in batch}) == 1
-            warn_if_unit_scaled(np.stack(batch) if same_shape else np.concatenate([image.ravel() for image in batch]),
-                                "Predictor")
+        warn_if_unit_scaled(batch, "Predictor")
         prepared = tf.stack([preprocess_eval(tf.convert_to_tensor(image), self.image_size, self.crop_padding)
                              for image in batch])
         return _top_k(self._serve_images(prepared))

@@ -72,6 +72,16 @@ def test_a_pixel_batch_first_does_not_use_up_the_warning():
     (np.where(np.arange(12).reshape(1, 2, 2, 3) % 2, np.nan, 0.5), True),  # NaNs ignored
     (tf.constant(UNIT_BATCH), True),                          # eager tensors as well as arrays
     (tf.constant(PIXEL_BATCH), False),
+    ([np.full((4, 6, 3), 0.5), np.full((9, 7, 3), 0.9)], True),   # a list of images of different sizes
+    ([np.full((4, 6, 3), 0.5), np.full((9, 7, 3), 200.0)], False),
+    ([np.full((4, 6, 3), 0.5), np.zeros((9, 7, 3), "uint8")], False),  # not all float: not judged
 ])
 def test_looks_unit_scaled(images, scaled):
     assert looks_unit_scaled(images) is scaled
+
+
+def test_images_of_different_sizes_warn_once_naming_their_shapes():
+    images = [np.full((4, 6, 3), 0.5, "float32"), np.full((9, 7, 3), 0.9, "float32")]
+    caught = unit_range_warnings([lambda: warn_if_unit_scaled(images, "Predictor")] * 2)
+    assert len(caught) == 1
+    assert "(4, 6, 3), (9, 7, 3)" in str(caught[0].message)
