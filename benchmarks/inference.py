@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from efficientnet_tf import build_model
-    from efficientnet_tf.configs import get_config
-    from efficientnet_tf.export import TFLiteRunner, export_saved_model, export_tflite, load_trained_model
+    from efficientnet_tf.models.configs import get_config
+    from efficientnet_tf.deploy.export import TFLiteRunner, export_saved_model, export_tflite, load_trained_model
 
     print(f"machine: {common.machine()}")
     rng = np.random.default_rng(0)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
             class_names = [str(i) for i in range(model.output_shape[-1])]
         calibration = [rng.uniform(0, 255, (1, size, size, 3)).astype("float32") for _ in range(16)]
         if args.model_dir:
-            from efficientnet_tf.export import pipeline_images
+            from efficientnet_tf.deploy.export import pipeline_images
 
             calibration = list(pipeline_images(args.model_dir, 64, training=True)[0][:, None])
         with tempfile.TemporaryDirectory() as tmp:

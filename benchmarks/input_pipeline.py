@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     import keras
 
     from efficientnet_tf import build_model
-    from efficientnet_tf.augment import AugmentConfig
+    from efficientnet_tf.data.augment import AugmentConfig
     from efficientnet_tf.data import get_source
-    from efficientnet_tf.input_pipeline import PipelineConfig, make_dataset
+    from efficientnet_tf.data.pipeline import PipelineConfig, make_dataset
 
     with tempfile.TemporaryDirectory() as root:
         write_jpegs(root, count=max(64, args.batch_size * 4))

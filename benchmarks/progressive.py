@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     import keras
 
-    from efficientnet_tf.trainer import TrainConfig, Trainer, read_history
+    from efficientnet_tf.training import TrainConfig, Trainer, read_history
 
     print(f"machine: {common.machine()}")
     common_args = dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                        warmup_epochs=1 if args.epochs > 2 else 0, steps_per_epoch=args.steps_per_epoch, seed=0)
     variants = {
         "fixed": dict(),
-        "progressive": dict(progressive_stages=args.stages, progressive_min_size=args.min_size,
+        "progressive": dict(progressive=args.stages, progressive_min_size=args.min_size,
                             progressive_min_dropout=0.1, progressive_max_dropout=0.2,
                             progressive_min_randaug=0.0),  # no RandAugment in either run
     }
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     for label, extra in variants.items():
         keras.backend.clear_session()
         with tempfile.TemporaryDirectory() as model_dir:
-            trainer = Trainer(TrainConfig(model_dir=model_dir, **common_args, **extra), verbose=False)
+            trainer = Trainer(TrainConfig.from_settings(model_dir=model_dir, **common_args, **extra), verbose=False)
             report = trainer.fit()
             rows = read_history(model_dir)
             for row in rows:

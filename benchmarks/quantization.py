@@ -28,8 +28,8 @@ def main(argv=None) -> int:
 
     import keras
 
-    from efficientnet_tf.export import export_run
-    from efficientnet_tf.trainer import TrainConfig, Trainer
+    from efficientnet_tf.deploy.export import export_run
+    from efficientnet_tf.training import TrainConfig, Trainer
 
     print(f"machine: {common.machine()}")
     summary = []
@@ -38,8 +38,8 @@ def main(argv=None) -> int:
         for name in args.models:
             keras.backend.clear_session()
             model_dir = os.path.join(root, name)
-            config = TrainConfig(model=name, dataset="digits", model_dir=model_dir, epochs=args.epochs, batch_size=64,
-                                 learning_rate=0.008, lr_schedule="cosine", warmup_epochs=1, seed=0)
+            config = TrainConfig.from_settings(model=name, dataset="digits", model_dir=model_dir, epochs=args.epochs, batch_size=64,
+                                               learning_rate=0.008, lr_schedule="cosine", warmup_epochs=1, seed=0)
             report = Trainer(config, verbose=False).fit()
             export = export_run(model_dir, tflite=args.formats)
             cells = [f"{q} {export['tflite'][q]['agreement']:.4f}" for q in args.formats]

@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from efficientnet_tf import build_model
-    from efficientnet_tf.configs import get_config
-    from efficientnet_tf.flops import count_macs
+    from efficientnet_tf.models.configs import get_config
+    from efficientnet_tf.models.flops import count_macs
 
     peak = common.measured_peak_flops()
     print(f"machine: {common.machine()}")
@@ -114,7 +114,7 @@ def breakdown(args) -> int:
     import tensorflow as tf
 
     from efficientnet_tf import build_efficientnet, get_config
-    from efficientnet_tf.builder import custom_config
+    from efficientnet_tf.models.builder import custom_config
 
     base = get_config("efficientnet-b0")
     no_se = [s.replace("_se0.25", "") for s in base.block_strings]

@@ -1,31 +1,93 @@
-"""EfficientNet V1, V2 and Lite in Keras, weight-compatible with keras.applications."""
+"""EfficientNet V1, V2 and Lite in Keras, weight-compatible with keras.applications.
 
-from efficientnet_tf.block_args import BlockSpec, decode_block, decode_blocks, encode_block, encode_blocks
-from efficientnet_tf.builder import (
-    build_efficientnet,
-    build_feature_extractor,
-    build_model,
-    custom_config,
-    round_filters,
-    round_repeats,
-)
-from efficientnet_tf.configs import ModelConfig, get_config, list_models
+Layout (imports point one way, left to right):
+
+    models  <-  data  <-  training  <-  deploy
+    (block strings, registry,   (sources, tf.data       (config, stages, EMA, optimizer,   (SavedModel/TFLite
+     layers, builder, weights)   pipeline, augment)      strategy, run directory, loop)      export, predict)
+
+`plots` draws figures from what a run directory holds; `files` owns atomic writes.
+The names below are imported on first use; only the custom Keras layers are imported at once,
+so that `keras.models.load_model` finds them after `import efficientnet_tf`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+from efficientnet_tf._lazy import lazy_exports
+from efficientnet_tf.models import layers as _registered_layers  # noqa: F401  (registers our Keras layers)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BlockSpec",
-    "ModelConfig",
-    "build_efficientnet",
-    "build_feature_extractor",
-    "build_model",
-    "custom_config",
-    "decode_block",
-    "decode_blocks",
-    "encode_block",
-    "encode_blocks",
-    "get_config",
-    "list_models",
-    "round_filters",
-    "round_repeats",
-]
+_EXPORTS = {
+    "BlockSpec": "models.block_args",
+    "decode_block": "models.block_args",
+    "decode_blocks": "models.block_args",
+    "encode_block": "models.block_args",
+    "encode_blocks": "models.block_args",
+    "ModelConfig": "models.configs",
+    "custom_config": "models.configs",
+    "get_config": "models.configs",
+    "list_models": "models.configs",
+    "FeatureInfo": "models.builder",
+    "build_efficientnet": "models.builder",
+    "build_feature_extractor": "models.builder",
+    "build_model": "models.builder",
+    "round_filters": "models.builder",
+    "round_repeats": "models.builder",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+# Module paths before the subpackages (0.1): still importable, with a DeprecationWarning.
+MOVED_MODULES = {
+    "block_args": "models.block_args",
+    "configs": "models.configs",
+    "layers": "models.layers",
+    "builder": "models.builder",
+    "weights": "models.weights",
+    "flops": "models.flops",
+    "input_pipeline": "data.pipeline",
+    "augment": "data.augment",
+    "image_io": "data.image_io",
+    "pixels": "data.pixels",
+    "optim": "training.optim",
+    "distribute": "training.distribute",
+    "trainer": "training.loop",
+    "export": "deploy.export",
+    "predict": "deploy.predict",
+}
+
+
+class _MovedModuleLoader(importlib.abc.Loader):
+    def __init__(self, target: str):
+        self.target = target
+
+    def create_module(self, spec):
+        return None  # a fresh module that forwards to the new one (the new one keeps its own __spec__)
+
+    def exec_module(self, module):
+        warnings.warn(f"{module.__name__} moved to {self.target}; import it from there",
+                      DeprecationWarning, stacklevel=2)
+        target = importlib.import_module(self.target)
+        module.__getattr__ = lambda name: getattr(target, name)
+        module.__dir__ = lambda: dir(target)
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder):
+    """Finds only `efficientnet_tf.<old name>` for the names in MOVED_MODULES."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in MOVED_MODULES:
+            return None
+        return importlib.util.spec_from_loader(fullname, _MovedModuleLoader(f"{__name__}.{MOVED_MODULES[name]}"))
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())

@@ -9,7 +9,7 @@ it as PNG, and returns it so callers and tests can read the plotted data back.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -17,12 +17,18 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from efficientnet_tf.files import atomic_write
+from efficientnet_tf.training.rundir import (
+    AUGMENTED_PNG,
+    CONFUSION_PNG,
+    HISTORY_CSV,
+    HISTORY_PNG,
+    LR_PNG,
+    PROGRESSIVE_PNG,
+    RunDir,
+)
+
 DPI = 100
-HISTORY_PNG = "history.png"
-LR_PNG = "lr_schedule.png"
-PROGRESSIVE_PNG = "progressive.png"
-CONFUSION_PNG = "confusion_matrix.png"
-AUGMENTED_PNG = "augmented_images.png"
 MAX_CONFUSION_CLASSES = 50  # beyond this a class-by-class matrix is unreadable
 
 
@@ -37,7 +43,7 @@ def load_history(history) -> dict[str, np.ndarray]:
     elif isinstance(history, (str, os.PathLike)):
         path = os.fspath(history)
         if os.path.isdir(path):
-            path = os.path.join(path, "history.csv")
+            path = os.path.join(path, HISTORY_CSV)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no history at {path}: train first, or pass a history.csv")
         with open(path, newline="") as f:
@@ -78,12 +84,9 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(figure: Figure, path: str | None) -> Figure:
     if path:
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp.png"
-        figure.savefig(tmp, dpi=DPI)
-        os.replace(tmp, path)  # a reader never sees half a PNG
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=DPI)
+        atomic_write(path, png.getvalue())
     return figure
 
 
@@ -263,34 +266,31 @@ def save_run_plots(model_dir: str, schedule: Callable | None = None, total_steps
                    class_names: Sequence[str] | None = None, augmented: tuple | None = None) -> list[str]:
     """Every plot a run can draw, as PNGs in model_dir; returns their paths. What is missing
     (e.g. no progressive stages, too many classes for a matrix) is skipped, not faked."""
+    run_dir = RunDir(model_dir)
     written = []
     columns = load_history(model_dir)
-    run = _read_json(os.path.join(model_dir, "run.json"))
+    try:
+        run = run_dir.read_info()
+    except FileNotFoundError:
+        run = {}
     class_names = class_names or run.get("class_names")
     title = f"{run.get('model', '')} on {run.get('dataset', '')}".strip() if run else None
-    plot_history(columns, os.path.join(model_dir, HISTORY_PNG), title=title or None)
-    written.append(os.path.join(model_dir, HISTORY_PNG))
+
+    def draw(plot, name, *args, **kwargs):
+        plot(*args, path=run_dir.file(name), **kwargs)
+        written.append(run_dir.file(name))
+
+    draw(plot_history, HISTORY_PNG, columns, title=title or None)
     if schedule is not None or _has(columns, "lr"):
-        plot_lr_schedule(schedule, total_steps, steps_per_epoch, history=columns, path=os.path.join(model_dir, LR_PNG))
-        written.append(os.path.join(model_dir, LR_PNG))
+        draw(plot_lr_schedule, LR_PNG, schedule, total_steps, steps_per_epoch, history=columns)
     stage_ids = columns.get("stage", np.array([]))
     if _has(columns, "image_size") and len(np.unique(stage_ids[np.isfinite(stage_ids)])) > 1:
-        plot_progressive(columns, path=os.path.join(model_dir, PROGRESSIVE_PNG))
-        written.append(os.path.join(model_dir, PROGRESSIVE_PNG))
-    if confusion is None and os.path.exists(os.path.join(model_dir, "confusion_matrix.npy")):
-        confusion = np.load(os.path.join(model_dir, "confusion_matrix.npy"))
+        draw(plot_progressive, PROGRESSIVE_PNG, columns)
+    if confusion is None:
+        confusion = run_dir.read_confusion()
     if confusion is not None and len(confusion) <= MAX_CONFUSION_CLASSES:
-        plot_confusion_matrix(confusion, class_names, path=os.path.join(model_dir, CONFUSION_PNG))
-        written.append(os.path.join(model_dir, CONFUSION_PNG))
+        draw(plot_confusion_matrix, CONFUSION_PNG, confusion, class_names)
     if augmented is not None:
         images, labels = augmented
-        plot_image_grid(images, labels, class_names, path=os.path.join(model_dir, AUGMENTED_PNG))
-        written.append(os.path.join(model_dir, AUGMENTED_PNG))
+        draw(plot_image_grid, AUGMENTED_PNG, images, labels, class_names)
     return written
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)

@@ -36,12 +36,12 @@ def tiny_run(tmp_path_factory):
     """A real (short) training run on the digits data: checkpoints, history, plots, run.json."""
     import keras
 
-    from efficientnet_tf.trainer import TrainConfig, Trainer
+    from efficientnet_tf.training import TrainConfig, Trainer
 
     keras.backend.clear_session()
     model_dir = str(tmp_path_factory.mktemp("tiny_run"))
-    config = TrainConfig(model="efficientnet-lite0", dataset="digits", model_dir=model_dir, epochs=2, steps_per_epoch=4,
-                         batch_size=32, image_size=32, learning_rate=0.008, lr_schedule="cosine", warmup_epochs=0.5,
-                         seed=0)
+    config = TrainConfig.from_settings(model="efficientnet-lite0", dataset="digits", model_dir=model_dir, epochs=2, steps_per_epoch=4,
+                                       batch_size=32, image_size=32, learning_rate=0.008, lr_schedule="cosine", warmup_epochs=0.5,
+                                       seed=0)
     report = Trainer(config, verbose=False).fit()
     return model_dir, report

@@ -16,10 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from efficientnet_tf.trainer import TrainConfig, Trainer  # noqa: E402
+from efficientnet_tf.training import TrainConfig, Trainer  # noqa: E402
 
-config = TrainConfig(model="efficientnet-b0", dataset="digits", model_dir=model_dir, epochs=2, steps_per_epoch=3,
-                     batch_size=16, image_size=32, strategy="auto", dropout_rate=0.0, drop_connect_rate=0.0, seed=0)
+config = TrainConfig.from_settings(model="efficientnet-b0", dataset="digits", model_dir=model_dir, epochs=2, steps_per_epoch=3,
+                                   batch_size=16, image_size=32, strategy="auto", dropout_rate=0.0, drop_connect_rate=0.0, seed=0)
 trainer = Trainer(config, verbose=False)
 assert trainer.replicas == 2, trainer.replicas
 report = trainer.fit(validate=True)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from efficientnet_tf import build_model, get_config, list_models
-from efficientnet_tf.layers import SamePadding2D
+from efficientnet_tf.models.layers import SamePadding2D
 
 V1_AND_LITE = [name for name in list_models() if get_config(name).keras_style_padding]
 # ceil(n / 2**j) for j = 0..4 (the sides the five strided convs see) has a parity pattern fixed by

@@ -58,9 +58,16 @@ def test_log_level_resolution():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--validation_fraction=1.5"], "validation_fraction must be in (0, 1) or None (the source's default), got 1.5"),
-    (["--label_key= "], "label_key must be a feature name such as 'label', got ' '"),
-    (["--train_image_size=8"], "train_image_size must be >= 32, got 8"),
+    (["--validation_fraction=1.5"],
+     "--validation_fraction=1.5: validation_fraction must be in (0, 1) or None (the source's default), got 1.5"),
+    (["--label_key= "], "--label_key= : label_key must be a feature name such as 'label', got ' '"),
+    (["--train_image_size=8"], "--train_image_size=8: train_image_size must be >= 32, got 8"),
+    (["--epochs=0"], "--epochs=0: epochs must be >= 1, got 0"),
+    (["--progressive=5", "--epochs=3"], "--progressive=5: progressive (5 stages) cannot exceed epochs (3)"),
+    (["--mode=export", "--tflite=float32,int4"],
+     "--tflite=float32,int4: unknown TFLite format(s) 'int4'; choose from float32, float16, dynamic, int8, int16x8"),
+    (["--mode=export", "--check_images=-1"],
+     "--check_images=-1: check_images must be >= 0 (0: the whole eval split), got -1"),
 ])
 def test_bad_new_flags_fail_with_one_line(args, message, tmp_path):
     result = subprocess.run([sys.executable, "main.py", f"--model_dir={tmp_path}", *args], capture_output=True,

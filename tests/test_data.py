@@ -6,10 +6,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from efficientnet_tf import data as data_lib
-from efficientnet_tf.augment import AugmentConfig
+from efficientnet_tf.data import sources as data_lib
+from efficientnet_tf.data.augment import AugmentConfig
 from efficientnet_tf.data import digits_split, get_source
-from efficientnet_tf.input_pipeline import PipelineConfig, distributed_dataset, make_dataset, preprocess_eval
+from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, make_dataset, preprocess_eval
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientnet_tf import pixels
-from efficientnet_tf.export import export_saved_model
-from efficientnet_tf.predict import Predictor
+from efficientnet_tf.data import pixels
+from efficientnet_tf.deploy.export import export_saved_model
+from efficientnet_tf.deploy.predict import Predictor
 
 SIZE = 32
 NAMES = ["apple", "banana", "cherry", "date"]

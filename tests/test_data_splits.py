@@ -15,10 +15,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from efficientnet_tf import data as data_lib
-from efficientnet_tf import image_io, pixels
+from efficientnet_tf.data import sources as data_lib
+from efficientnet_tf.data import image_io, pixels
 from efficientnet_tf.data import Source, get_source
-from efficientnet_tf.input_pipeline import PipelineConfig, distributed_dataset, make_dataset
+from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, make_dataset
 
 SPLIT_SHADE = {"train": 10, "validation": 20, "test": 30}  # the split an image came from, readable in its pixels
 
@@ -188,12 +188,12 @@ def test_label_key_picks_the_class_label(tmp_path):
 @pytest.mark.slow
 def test_training_on_a_train_only_tfds_dataset_evaluates_the_held_out_split(tmp_path):
     """End to end: per-epoch and final evaluation run over the held-out split, every example once."""
-    from efficientnet_tf.trainer import TrainConfig, Trainer, read_history
+    from efficientnet_tf.training import TrainConfig, Trainer, read_history
 
     with fake_tfds(tmp_path / "tfds", "tf_flowers", {"train": 40}):
-        config = TrainConfig(model="efficientnet-lite0", dataset="tf_flowers", data_dir=str(tmp_path / "tfds"),
-                             model_dir=str(tmp_path / "run"), epochs=2, steps_per_epoch=2, batch_size=8, image_size=32,
-                             lr_schedule="cosine", warmup_epochs=0, seed=0, validation_fraction=0.2)
+        config = TrainConfig.from_settings(model="efficientnet-lite0", dataset="tf_flowers", data_dir=str(tmp_path / "tfds"),
+                                           model_dir=str(tmp_path / "run"), epochs=2, steps_per_epoch=2, batch_size=8, image_size=32,
+                                           lr_schedule="cosine", warmup_epochs=0, seed=0, validation_fraction=0.2)
         trainer = Trainer(config, verbose=False)
         assert (trainer.source.num_train, trainer.source.num_eval) == (32, 8)
         report = trainer.fit()

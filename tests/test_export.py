@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from efficientnet_tf import export
-from efficientnet_tf.input_pipeline import preprocess_eval
+from efficientnet_tf.deploy import export
+from efficientnet_tf.data.pipeline import preprocess_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,4 +151,4 @@ def test_cli_export_plot_and_predict(tiny_run, tmp_path):
     result = _run_main("--mode=predict", f"--model_dir={model_dir}", f"--image={bad}")
     assert result.returncode == 2 and f"cannot read image {str(bad)!r}" in result.stderr
     result = _run_main("--mode=export", f"--model_dir={model_dir}", "--tflite=int3")
-    assert result.returncode == 2 and "unknown --tflite format(s) int3" in result.stderr
+    assert result.returncode == 2 and "error: --tflite=int3: unknown TFLite format(s) 'int3'" in result.stderr

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf import export
-from efficientnet_tf.trainer import TrainConfig, Trainer
+from efficientnet_tf.deploy import export
+from efficientnet_tf.training import TrainConfig, Trainer
 
 
 def _strided_sides(size):
@@ -26,7 +26,7 @@ def _train_and_export(model_dir, **overrides):
     settings = dict(dataset="digits", model_dir=model_dir, epochs=2, steps_per_epoch=8, batch_size=32,
                     learning_rate=0.016, lr_schedule="cosine", warmup_epochs=0.25, label_smoothing=0.0, seed=0)
     settings.update(overrides)
-    trainer = Trainer(TrainConfig(**settings), verbose=False)
+    trainer = Trainer(TrainConfig.from_settings(**settings), verbose=False)
     assert trainer.model.input_shape[1:3] == (None, None), "must train and evaluate on a dynamic-shape graph"
     trainer.fit()
     with open(os.path.join(model_dir, "eval_report.json")) as f:
@@ -49,7 +49,7 @@ def test_progressive_v1_run_exports_the_model_it_evaluated(tmp_path):
     # unknown size used to assume even sides.
     assert _strided_sides(38) == [38, 19, 10, 5, 3] and _strided_sides(52) == [52, 26, 13, 7, 4]
     evaluated, report, predicted, labels = _train_and_export(
-        str(tmp_path / "b0"), model="efficientnet-b0", image_size=52, progressive_stages=2,
+        str(tmp_path / "b0"), model="efficientnet-b0", image_size=52, progressive=2,
         progressive_min_size=38)
     assert report["image_size"] == 52
     assert float(np.mean(predicted == labels)) == evaluated["top1"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from efficientnet_tf import build_model
-from efficientnet_tf import weights as weights_lib
+from efficientnet_tf.models import weights as weights_lib
 from keras_reference import KERAS_CLASSES, keras_model, random_images, write_legacy_h5
 
 FAST = ["efficientnet-b0", "efficientnetv2-b0"]

@@ -41,7 +41,7 @@ def test_imagenet_defaults_are_the_papers():
 
 def test_v2_recipe_follows_table_6():
     config = _resolve(f"--flagfile={[p for p in RECIPES if p.endswith('imagenet_v2_s.cfg')][0]}")
-    assert config["progressive_stages"] == 4
+    assert config["progressive"] == 4
     assert (config["progressive_min_size"], config["progressive_max_size"]) == (128, 300)
     assert (config["progressive_min_randaug"], config["progressive_max_randaug"]) == (5, 15)
     assert (config["progressive_min_dropout"], config["progressive_max_dropout"]) == (0.1, 0.3)

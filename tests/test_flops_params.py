@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from efficientnet_tf.flops import count_macs, model_summary
+from efficientnet_tf.models.flops import count_macs, model_summary
 from efficientnet_tf import build_model
 
 # keras.applications 3.15 count_params(), with top and 1000 classes (measured).

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from efficientnet_tf import image_io
-from efficientnet_tf.export import ServingModule
-from efficientnet_tf.input_pipeline import preprocess_eval
+from efficientnet_tf.data import image_io
+from efficientnet_tf.deploy.export import ServingModule
+from efficientnet_tf.data.pipeline import preprocess_eval
 
 ORIENTATION = 0x0112
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from efficientnet_tf import build_feature_extractor, build_model, decode_block, encode_block, get_config, list_models
-from efficientnet_tf.builder import block_plan, round_filters, round_repeats
+from efficientnet_tf.models.builder import block_plan, round_filters, round_repeats
 from keras_reference import KERAS_CLASSES, keras_model, randomise_weights, write_legacy_h5
 
 EXPECTED_MODELS = (
@@ -145,6 +145,19 @@ def test_feature_extractor_gives_five_strides(name, tmp_path):
         assert np.all(np.isfinite(got.numpy()))
         # the previous block has the same shape at 4 of the 5 strides: values tell them apart
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=5e-4 * np.abs(want).max(), err_msg=layer_name)
+
+
+@pytest.mark.parametrize("name", list(FEATURE_LAYERS))
+def test_feature_info_is_recorded_while_building(name):
+    """Every model carries its feature endpoints, recorded by the builder (not found by name)."""
+    layer_names, widths = FEATURE_LAYERS[name]
+    model = build_model(name, include_top=False, input_shape=(64, 64, 3))
+    assert [(f.stride, f.layer, f.channels) for f in model.feature_info] == list(
+        zip((2, 4, 8, 16, 32), layer_names, widths))
+    extractor = build_feature_extractor(name, input_shape=(64, 64, 3), strides=(8, 32))
+    assert [(f.stride, f.layer) for f in extractor.feature_info] == [(8, layer_names[2]), (32, layer_names[4])]
+    with pytest.raises(ValueError, match="no feature map at stride 64"):
+        build_feature_extractor(name, input_shape=(64, 64, 3), strides=(64,))
 
 
 def test_embedding_head_is_l2_normalized():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from efficientnet_tf.pixels import UnitRangeWarning, reset_warnings
+from efficientnet_tf.data.pixels import UnitRangeWarning, reset_warnings
 from keras_reference import keras_model, write_legacy_h5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

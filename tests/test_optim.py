@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from efficientnet_tf.optim import RMSpropTF, make_optimizer
-from efficientnet_tf.trainer import TrainConfig
+from efficientnet_tf.training.optim import RMSpropTF, make_optimizer
+from efficientnet_tf.training import TrainConfig
 
 
 def test_rmsprop_follows_tf1_update_rule():
@@ -21,10 +21,10 @@ def test_rmsprop_follows_tf1_update_rule():
 
 
 def test_unset_schedule_keeps_the_papers_shape_for_any_run_length():
-    assert TrainConfig(epochs=350).schedule_epochs() == (5.0, 2.4)  # the papers' ImageNet run, literally
-    warmup, decay = TrainConfig(epochs=15).schedule_epochs()
+    assert TrainConfig.from_settings(epochs=350).schedule_epochs() == (5.0, 2.4)  # the papers' ImageNet run, literally
+    warmup, decay = TrainConfig.from_settings(epochs=15).schedule_epochs()
     assert warmup == pytest.approx(5 * 15 / 350) and decay == pytest.approx(2.4 * 15 / 350)
     assert 0.97 ** (15 / decay) == pytest.approx(0.97 ** (350 / 2.4))  # ends at the same fraction of peak
-    assert TrainConfig(epochs=15, warmup_epochs=1, lr_decay_epochs=3).schedule_epochs() == (1, 3)  # explicit: literal
+    assert TrainConfig.from_settings(epochs=15, warmup_epochs=1, lr_decay_epochs=3).schedule_epochs() == (1, 3)  # explicit: literal
     with pytest.raises(ValueError, match="lr_decay_epochs must be > 0, got 0"):
-        TrainConfig(lr_decay_epochs=0).validate()
+        TrainConfig.from_settings(lr_decay_epochs=0).validate()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf.pixels import UnitRangeWarning, looks_unit_scaled, reset_warnings, warn_if_unit_scaled
+from efficientnet_tf.data.pixels import UnitRangeWarning, looks_unit_scaled, reset_warnings, warn_if_unit_scaled
 
 RNG = np.random.default_rng(0)
 UNIT_BATCH = RNG.uniform(0, 1, (4, 32, 32, 3)).astype("float32")

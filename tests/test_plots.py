@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from efficientnet_tf import plots
-from efficientnet_tf.optim import WarmupSchedule
-from efficientnet_tf.trainer import HISTORY_COLUMNS, Stage
+from efficientnet_tf.training.optim import WarmupSchedule
+from efficientnet_tf.training import HISTORY_COLUMNS, Stage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

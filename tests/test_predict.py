@@ -17,8 +17,8 @@ import tensorflow as tf
 from PIL import Image
 
 from efficientnet_tf import build_model
-from efficientnet_tf.export import export_run
-from efficientnet_tf.predict import Predictor, format_predictions, imagenet_class_names, read_image_bytes
+from efficientnet_tf.deploy.export import export_run
+from efficientnet_tf.deploy.predict import Predictor, format_predictions, imagenet_class_names, read_image_bytes
 from keras_reference import keras_model, randomise_weights, write_legacy_h5
 
 TOLERANCE = 1e-4  # same float32 graph, different op grouping; wrong weights or crops move it by > 1e-2

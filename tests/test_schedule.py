@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf.optim import WarmupSchedule
-from efficientnet_tf.trainer import TrainConfig
+from efficientnet_tf.training.optim import WarmupSchedule
+from efficientnet_tf.training import TrainConfig
 
 PEAK = 0.004  # 0.016 per 256 at batch 64
 CEILING = float(np.float32(PEAK))  # the peak as the float32 schedule holds it: nothing may exceed it
@@ -46,7 +46,7 @@ def schedule_values(schedule, steps):
 @pytest.mark.parametrize("kind", ["exponential", "cosine", "constant"])
 @pytest.mark.parametrize("epochs, steps_per_epoch", RUNS)
 def test_every_step_matches_the_closed_form_with_the_papers_shape(kind, epochs, steps_per_epoch):
-    config = TrainConfig(epochs=epochs, lr_schedule=kind)
+    config = TrainConfig.from_settings(epochs=epochs, lr_schedule=kind)
     warmup_epochs, decay_epochs = config.schedule_epochs()
     values = schedule_values(config.make_schedule(PEAK, steps_per_epoch), epochs * steps_per_epoch)
     expected = closed_form(kind, epochs, steps_per_epoch, warmup_epochs, decay_epochs)
@@ -72,7 +72,7 @@ def test_every_step_matches_the_closed_form_with_the_papers_shape(kind, epochs, 
 def test_explicit_values_are_taken_literally(kind, warmup_epochs, decay_epochs):
     """The README digits command's length with values given explicitly (recipes do that)."""
     epochs, steps_per_epoch = 15, 22
-    config = TrainConfig(epochs=epochs, lr_schedule=kind, warmup_epochs=warmup_epochs, lr_decay_epochs=decay_epochs)
+    config = TrainConfig.from_settings(epochs=epochs, lr_schedule=kind, warmup_epochs=warmup_epochs, lr_decay_epochs=decay_epochs)
     values = schedule_values(config.make_schedule(PEAK, steps_per_epoch), epochs * steps_per_epoch)
     np.testing.assert_allclose(values, closed_form(kind, epochs, steps_per_epoch, warmup_epochs, decay_epochs),
                                **TOLERANCE)
@@ -92,7 +92,7 @@ def test_fractional_periods_are_not_rounded_to_a_step():
 
 
 def test_scalar_steps_and_the_optimizer_counter_give_the_same_values():
-    schedule = TrainConfig(epochs=15).make_schedule(PEAK, 22)
+    schedule = TrainConfig.from_settings(epochs=15).make_schedule(PEAK, 22)
     vector = schedule_values(schedule, 330)
     for step in (0, 4, 5, 163, 329):
         assert float(schedule(tf.constant(step, tf.int64))) == pytest.approx(vector[step], rel=1e-7)

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from efficientnet_tf.configs import get_config, list_models
-from efficientnet_tf.trainer import TrainConfig, Trainer, plan_stages, read_history
+from efficientnet_tf.models.configs import get_config, list_models
+from efficientnet_tf.training import TrainConfig, Trainer, plan_stages, read_history
 
 LARGE_IMAGES = None  # ImageNet, flowers, folders: images of varied size
 DIGITS = 8  # native size of the digits dataset
@@ -20,15 +20,15 @@ SIZES_V2 = {"efficientnetv2-b0": (192, 224), "efficientnetv2-b1": (192, 240), "e
 
 @pytest.mark.parametrize("model", list_models("v2"))
 def test_v2_trains_at_its_training_size_and_evaluates_at_its_resolution(model):
-    assert TrainConfig(model=model).image_sizes(LARGE_IMAGES) == SIZES_V2[model]
-    assert TrainConfig(model=model).image_sizes(224) == SIZES_V2[model]  # e.g. the synthetic source
+    assert TrainConfig.from_settings(model=model).image_sizes(LARGE_IMAGES) == SIZES_V2[model]
+    assert TrainConfig.from_settings(model=model).image_sizes(224) == SIZES_V2[model]  # e.g. the synthetic source
 
 
 @pytest.mark.parametrize("model", ["efficientnet-b0", "efficientnet-b3", "efficientnet-lite4"])
 def test_v1_and_lite_train_and_evaluate_at_one_size(model):
     resolution = get_config(model).resolution
-    assert TrainConfig(model=model).image_sizes(LARGE_IMAGES) == (resolution, resolution)
-    assert TrainConfig(model=model, image_size=128).image_sizes(LARGE_IMAGES) == (128, 128)
+    assert TrainConfig.from_settings(model=model).image_sizes(LARGE_IMAGES) == (resolution, resolution)
+    assert TrainConfig.from_settings(model=model, image_size=128).image_sizes(LARGE_IMAGES) == (128, 128)
 
 
 @pytest.mark.parametrize("fields, native, expected", [
@@ -41,21 +41,21 @@ def test_v1_and_lite_train_and_evaluate_at_one_size(model):
     (dict(train_image_size=48), DIGITS, (48, 32)),  # ...unless the user says otherwise
 ])
 def test_sizes_are_overridable(fields, native, expected):
-    assert TrainConfig(model="efficientnetv2-s", **fields).image_sizes(native) == expected
+    assert TrainConfig.from_settings(model="efficientnetv2-s", **fields).image_sizes(native) == expected
 
 
 def test_progressive_learning_ends_at_the_training_size():
-    config = TrainConfig(model="efficientnetv2-s", epochs=8, progressive_stages=4, progressive_min_size=128)
+    config = TrainConfig.from_settings(model="efficientnetv2-s", epochs=8, progressive=4, progressive_min_size=128)
     train_size, eval_size = config.image_sizes(LARGE_IMAGES)
     assert (train_size, eval_size) == (300, 384)
     assert [s.image_size for s in plan_stages(config, train_size, 0.2)] == [128, 184, 240, 300]  # Table 6
-    explicit = TrainConfig(model="efficientnetv2-s", epochs=8, progressive_stages=4, progressive_max_size=256)
+    explicit = TrainConfig.from_settings(model="efficientnetv2-s", epochs=8, progressive=4, progressive_max_size=256)
     assert plan_stages(explicit, train_size, 0.2)[-1].image_size == 256
 
 
 def test_bad_train_image_size_is_one_clear_error():
     with pytest.raises(ValueError, match="train_image_size must be >= 32, got 16"):
-        TrainConfig(train_image_size=16).validate()
+        TrainConfig.from_settings(train_image_size=16).validate()
 
 
 def _dry_run(*args):
@@ -76,8 +76,8 @@ def test_dry_run_shows_the_resolved_sizes():
 def test_run_trains_at_the_training_size_and_records_both(tmp_path):
     """A real run with different sizes: training batches at one, validation and the final
     report at the other; run.json keeps `image_size` as the eval/export size (export reads it)."""
-    config = TrainConfig(model="efficientnet-lite0", dataset="digits", model_dir=str(tmp_path), epochs=1,
-                         steps_per_epoch=2, batch_size=16, train_image_size=32, image_size=48, seed=0)
+    config = TrainConfig.from_settings(model="efficientnet-lite0", dataset="digits", model_dir=str(tmp_path), epochs=1,
+                                       steps_per_epoch=2, batch_size=16, train_image_size=32, image_size=48, seed=0)
     trainer = Trainer(config, verbose=False)
     assert (trainer.stages[-1].image_size, trainer.image_size) == (32, 48)
     assert trainer.model.input_shape == (None, None, None, 3)  # one model, two sizes
@@ -86,7 +86,7 @@ def test_run_trains_at_the_training_size_and_records_both(tmp_path):
     report = trainer.fit()
     info = json.loads((tmp_path / "run.json").read_text())
     assert (info["image_size"], info["train_image_size"]) == (48, 32)
-    assert "360" in info["split"] and info["config"]["train_image_size"] == 32
+    assert "360" in info["split"] and info["config"]["data"]["train_image_size"] == 32
     assert [int(r["image_size"]) for r in read_history(str(tmp_path))] == [32]
     # The final report is the eval split at 48 px: evaluating again at 48 gives the same numbers.
     again = trainer.evaluate(image_size=48)
@@ -97,8 +97,8 @@ def test_run_trains_at_the_training_size_and_records_both(tmp_path):
 
 def test_progressive_stages_never_shrink_when_a_first_value_is_above_the_last(caplog):
     """Defaults on a 32 px dataset: first size 128 > 32 and magnitude 5 > 0 (no RandAugment)."""
-    config = TrainConfig(model="efficientnet-b0", dataset="digits", epochs=3, progressive_stages=3)
-    with caplog.at_level("WARNING", logger="efficientnet_tf.trainer"):
+    config = TrainConfig.from_settings(model="efficientnet-b0", dataset="digits", epochs=3, progressive=3)
+    with caplog.at_level("WARNING", logger="efficientnet_tf.training"):
         stages = plan_stages(config, 32, 0.2)
     assert [s.image_size for s in stages] == [32, 32, 32]
     assert [s.randaug_magnitude for s in stages] == [0, 0, 0]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf.augment import AugmentConfig, BatchAugmenter
-from efficientnet_tf.input_pipeline import make_dataset
-from efficientnet_tf.trainer import (
+from efficientnet_tf.data.augment import AugmentConfig, BatchAugmenter
+from efficientnet_tf.data.pipeline import make_dataset
+from efficientnet_tf.training import (
     TrainConfig,
     Trainer,
     effective_bn_momentum,
@@ -37,7 +37,7 @@ def _two_cpus():
 
 
 def test_mirrored_step_matches_one_device(tmp_path):
-    config = TrainConfig(model_dir=str(tmp_path), ema_decay=0.0, sync_batch_norm=True, **QUICK)
+    config = TrainConfig.from_settings(model_dir=str(tmp_path), ema_decay=0.0, sync_batch_norm=True, **QUICK)
     single = Trainer(config, verbose=False, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
     mirrored = Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(_two_cpus()))
     assert mirrored.replicas == 2
@@ -55,15 +55,15 @@ def test_mirrored_step_matches_one_device(tmp_path):
 
 
 def test_batch_not_divisible_by_replicas_stops_early(tmp_path):
-    config = TrainConfig(model_dir=str(tmp_path), **{**QUICK, "batch_size": 15})
+    config = TrainConfig.from_settings(model_dir=str(tmp_path), **{**QUICK, "batch_size": 15})
     with pytest.raises(ValueError, match="batch size 15 is not divisible by the 2 replicas"):
         Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(_two_cpus()))
 
 
 def test_train_step_compiles_with_xla(tmp_path):
-    config = TrainConfig(model_dir=str(tmp_path), ema_decay=0.0, **QUICK)
+    config = TrainConfig.from_settings(model_dir=str(tmp_path), ema_decay=0.0, **QUICK)
     eager = Trainer(config, verbose=False)
-    xla = Trainer(TrainConfig(model_dir=str(tmp_path / "xla"), ema_decay=0.0, jit_compile=True, **QUICK), verbose=False)
+    xla = Trainer(TrainConfig.from_settings(model_dir=str(tmp_path / "xla"), ema_decay=0.0, jit_compile=True, **QUICK), verbose=False)
     assert xla.jit_compile
     xla.model.set_weights(eager.model.get_weights())
     images, labels = _batch(eager)
@@ -117,9 +117,9 @@ def test_bn_momentum_follows_epoch_length():
 
 
 def test_progressive_stages_rise_linearly():
-    config = TrainConfig(epochs=8, progressive_stages=4, progressive_min_size=128, progressive_max_size=300,
-                         progressive_min_dropout=0.1, progressive_max_dropout=0.3, progressive_min_randaug=5,
-                         progressive_max_randaug=15, progressive_min_mixup=0.0, progressive_max_mixup=0.0)
+    config = TrainConfig.from_settings(epochs=8, progressive=4, progressive_min_size=128, progressive_max_size=300,
+                                       progressive_min_dropout=0.1, progressive_max_dropout=0.3, progressive_min_randaug=5,
+                                       progressive_max_randaug=15, progressive_min_mixup=0.0, progressive_max_mixup=0.0)
     stages = plan_stages(config, train_size=300, dropout_rate=0.2)
     assert [s.image_size for s in stages] == [128, 184, 240, 300]
     assert [round(s.dropout_rate, 4) for s in stages] == [0.1, 0.1667, 0.2333, 0.3]
@@ -128,13 +128,13 @@ def test_progressive_stages_rise_linearly():
 
 
 def test_validation_fraction_and_label_key_reach_the_source():
-    default = TrainConfig(dataset="digits").load_source()
+    default = TrainConfig.from_settings(dataset="digits").load_source()
     assert (default.num_train, default.num_eval) == (1437, 360)  # digits' own default: 20% held out
-    custom = TrainConfig(dataset="digits", validation_fraction=0.3).load_source()
+    custom = TrainConfig.from_settings(dataset="digits", validation_fraction=0.3).load_source()
     assert (custom.num_train, custom.num_eval) == (1257, 540)
     assert "30%" in custom.split_description
     with pytest.raises(ValueError, match="label_key='digit'"):
-        TrainConfig(dataset="digits", label_key="digit").load_source()
+        TrainConfig.from_settings(dataset="digits", label_key="digit").load_source()
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -149,8 +149,11 @@ def test_validation_fraction_and_label_key_reach_the_source():
     ("progressive_max_size", 16, "progressive_max_size must be >= 32, got 16"),
 ])
 def test_bad_config_values(field, value, message):
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(**{field: value}).validate()
+    from efficientnet_tf.settings import SettingError
+
+    with pytest.raises(SettingError, match=message) as raised:
+        TrainConfig.from_settings(**{field: value}).validate()
+    assert raised.value.setting == field  # what the CLI turns into the flag's spelling
 
 
 @pytest.mark.parametrize("args, message", [
@@ -230,9 +233,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_freeze_backbone_trains_head_only_then_unfreezes(tmp_path):
     # Constant LR: the papers' decay shape squeezed into 4 steps would leave the second step ~0.1x.
-    config = TrainConfig(model_dir=str(tmp_path), freeze_backbone=True, epochs=2, finetune_epochs=1, steps_per_epoch=2,
-                         warmup_epochs=0, lr_schedule="constant",
-                         **{k: v for k, v in QUICK.items() if k != "epochs"})
+    config = TrainConfig.from_settings(model_dir=str(tmp_path), freeze_backbone=True, epochs=2, finetune_epochs=1, steps_per_epoch=2,
+                                       warmup_epochs=0, lr_schedule="constant",
+                                       **{k: v for k, v in QUICK.items() if k != "epochs"})
     trainer = Trainer(config, verbose=False)
     frozen, unfrozen = trainer.stages
     assert frozen.frozen and not unfrozen.frozen and unfrozen.lr_scale == 0.1
@@ -290,9 +293,9 @@ def test_default_command_on_digits_reaches_093_and_validation_tracks_training(tm
 def test_progressive_learning_under_mirrored_strategy(tmp_path):
     """Progressive stages change the static shape between stages; under a 2-replica strategy the
     weights carry over and each stage's size and regularization are recorded."""
-    config = TrainConfig(model_dir=str(tmp_path), steps_per_epoch=2, progressive_stages=2, progressive_min_size=32,
-                         progressive_max_size=48, progressive_min_dropout=0.05, progressive_max_dropout=0.15,
-                         **{**QUICK, "epochs": 2})
+    config = TrainConfig.from_settings(model_dir=str(tmp_path), steps_per_epoch=2, progressive=2, progressive_min_size=32,
+                                       progressive_max_size=48, progressive_min_dropout=0.05, progressive_max_dropout=0.15,
+                                       **{**QUICK, "epochs": 2})
     trainer = Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(_two_cpus()))
     assert trainer.replicas == 2
     report = trainer.fit()
@@ -305,7 +308,7 @@ def test_progressive_learning_under_mirrored_strategy(tmp_path):
 
 @pytest.fixture
 def restore_policy():
-    """Trainer(mixed_precision=True) sets Keras' global policy: give the next test float32 back."""
+    """Tests that set Keras' global policy give the next test float32 back."""
     previous = keras.mixed_precision.global_policy()
     try:
         yield
@@ -347,9 +350,9 @@ def test_every_augmentation_computes_in_float32_under_mixed_precision(name, rest
 
 def test_mixed_precision_training_with_cutmix(tmp_path, restore_policy):
     """The CLI's --mixed_precision --cutmix_alpha combination, end to end (train, validate, report)."""
-    config = TrainConfig(model_dir=str(tmp_path), model="efficientnet-lite0", dataset="digits", image_size=32,
-                         batch_size=16, epochs=1, steps_per_epoch=2, mixed_precision=True, cutmix_alpha=1.0,
-                         mixup_alpha=0.2, randaug_layers=1, randaug_magnitude=5, seed=0)
+    config = TrainConfig.from_settings(model_dir=str(tmp_path), model="efficientnet-lite0", dataset="digits", image_size=32,
+                                       batch_size=16, epochs=1, steps_per_epoch=2, mixed_precision=True, cutmix_alpha=1.0,
+                                       mixup_alpha=0.2, randaug_layers=1, randaug_magnitude=5, seed=0)
     trainer = Trainer(config, verbose=False)
     assert trainer.policy == "mixed_bfloat16"
     images, labels = _batch(trainer)
@@ -359,3 +362,31 @@ def test_mixed_precision_training_with_cutmix(tmp_path, restore_policy):
     assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
     assert int(trainer.optimizer.iterations.numpy()) == 2
     assert report["images"] == 360 and np.isfinite(report["loss"])
+
+
+def test_trainer_leaves_keras_global_state_as_found(tmp_path, restore_policy):
+    """The library scopes what it sets: the model gets the run's dtype policy and seeded weights,
+    the caller's global policy and random streams are untouched."""
+    import random
+
+    from efficientnet_tf import build_model
+
+    random.seed(123)
+    np.random.seed(456)
+    python_state, numpy_state = random.getstate(), np.random.get_state()[1].copy()
+    config = TrainConfig.from_settings(model="efficientnet-lite0", dataset="digits", model_dir=str(tmp_path), epochs=1,
+                                       steps_per_epoch=1, batch_size=16, image_size=32, mixed_precision=True, seed=5)
+    trainer = Trainer(config, verbose=False)
+    assert trainer.model.get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"  # the run's policy (CPU)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert random.getstate() == python_state and np.array_equal(np.random.get_state()[1], numpy_state)
+
+    # Independent path: the weights a process seeded with keras.utils.set_random_seed(5) builds.
+    keras.utils.set_random_seed(5)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    reference = build_model("efficientnet-lite0", num_classes=10, input_shape=(32, 32, 3), dropout_rate=trainer.dropout_rate,
+                            bn_momentum=trainer.bn_momentum, classifier_activation=None)
+    keras.mixed_precision.set_global_policy("float32")
+    assert len(reference.weights) == len(trainer.model.weights)
+    for ours, theirs in zip(trainer.model.weights, reference.weights):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs), err_msg=ours.path)

@@ -9,7 +9,7 @@ import h5py
 import keras
 import numpy as np
 
-from efficientnet_tf.configs import REGISTRY, ModelConfig
+from efficientnet_tf.models.configs import REGISTRY, ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,13 @@ HDF5 weight files by the order of weighted layers (and by name with ``by_name=Tr
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 from keras import layers
+
+from efficientnet_tf.models.block_args import BlockSpec
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -190,100 +194,84 @@ def _residual(x, inputs, drop_rate, prefix):
     return layers.add([x, inputs], name=f"{prefix}add")
 
 
-def mbconv_block(
-    inputs,
-    *,
-    input_filters,
-    output_filters,
-    kernel_size,
-    strides,
-    expand_ratio,
-    se_ratio,
-    id_skip,
-    activation,
-    drop_rate,
-    prefix,
-    bn_momentum,
-    bn_epsilon,
-    explicit_padding,
-):
-    """Inverted residual: 1x1 expand, kxk depthwise, SE, 1x1 linear project."""
-    filters = int(input_filters * expand_ratio)
+@dataclasses.dataclass(frozen=True)
+class BlockStyle:
+    """What every block of one network shares (the variant's, not the block's, choices)."""
+
+    activation: str
+    bn_momentum: float
+    bn_epsilon: float
+    explicit_padding: bool  # V1/Lite: SamePadding2D + 'valid' strided convs (keras.applications' layers)
+
+
+def _bn_act(x, style: BlockStyle, bn_name: str, activation_name: str | None):
+    x = batch_norm(x, bn_name, style.bn_momentum, style.bn_epsilon)
+    return layers.Activation(style.activation, name=activation_name)(x) if activation_name else x
+
+
+def _squeeze_excite_and_skip(x, inputs, spec: BlockSpec, style: BlockStyle, prefix: str, drop_rate: float,
+                             project):
+    """The tail both blocks share: optional SE, the projection (`project(x)`), the identity skip."""
+    if spec.se_ratio and 0 < spec.se_ratio <= 1:
+        x = squeeze_excite(x, spec.input_filters, spec.se_ratio, style.activation, prefix)
+    x = project(x)
+    if spec.id_skip and spec.stride == 1 and spec.input_filters == spec.output_filters:
+        x = _residual(x, inputs, drop_rate, prefix)
+    return x
+
+
+def mbconv_block(inputs, spec: BlockSpec, style: BlockStyle, prefix: str, drop_rate: float = 0.0):
+    """Inverted residual: 1x1 expand, kxk depthwise, SE, 1x1 linear project.
+
+    Args:
+        inputs: the block's input tensor.
+        spec: the block after scaling (repeats 1, this repeat's filters and strides).
+        style: what the whole network shares (activation, BN, padding style).
+        prefix: layer-name prefix, e.g. "block2a_" (keras.applications' names).
+        drop_rate: stochastic depth rate of the identity branch.
+    """
     x = inputs
-    if expand_ratio != 1:
-        x = conv(x, filters, 1, f"{prefix}expand_conv")
-        x = batch_norm(x, f"{prefix}expand_bn", bn_momentum, bn_epsilon)
-        x = layers.Activation(activation, name=f"{prefix}expand_activation")(x)
+    if spec.expand_ratio != 1:
+        x = conv(x, int(spec.input_filters * spec.expand_ratio), 1, f"{prefix}expand_conv")
+        x = _bn_act(x, style, f"{prefix}expand_bn", f"{prefix}expand_activation")
 
     padding = "same"
-    if explicit_padding and strides == 2:
-        x = SamePadding2D(kernel_size, strides, name=f"{prefix}dwconv_pad")(x)
+    if style.explicit_padding and spec.stride == 2:
+        x = SamePadding2D(spec.kernel_size, spec.stride, name=f"{prefix}dwconv_pad")(x)
         padding = "valid"
     x = layers.DepthwiseConv2D(
-        kernel_size,
-        strides=strides,
+        spec.kernel_size,
+        strides=spec.stride,
         padding=padding,
         use_bias=False,
         depthwise_initializer=CONV_KERNEL_INITIALIZER,
         # keras.applications calls it "dwconv" in V1 and "dwconv2" in V2.
-        name=f"{prefix}dwconv" if explicit_padding else f"{prefix}dwconv2",
+        name=f"{prefix}dwconv" if style.explicit_padding else f"{prefix}dwconv2",
     )(x)
-    x = batch_norm(x, f"{prefix}bn", bn_momentum, bn_epsilon)
-    x = layers.Activation(activation, name=f"{prefix}activation")(x)
+    x = _bn_act(x, style, f"{prefix}bn", f"{prefix}activation")
 
-    if se_ratio and 0 < se_ratio <= 1:
-        x = squeeze_excite(x, input_filters, se_ratio, activation, prefix)
+    def project(x):
+        return _bn_act(conv(x, spec.output_filters, 1, f"{prefix}project_conv"), style, f"{prefix}project_bn", None)
 
-    x = conv(x, output_filters, 1, f"{prefix}project_conv")
-    x = batch_norm(x, f"{prefix}project_bn", bn_momentum, bn_epsilon)
-    if id_skip and strides == 1 and input_filters == output_filters:
-        x = _residual(x, inputs, drop_rate, prefix)
-    return x
+    return _squeeze_excite_and_skip(x, inputs, spec, style, prefix, drop_rate, project)
 
 
-def fused_mbconv_block(
-    inputs,
-    *,
-    input_filters,
-    output_filters,
-    kernel_size,
-    strides,
-    expand_ratio,
-    se_ratio,
-    id_skip,
-    activation,
-    drop_rate,
-    prefix,
-    bn_momentum,
-    bn_epsilon,
-    explicit_padding=False,
-):
-    """Fused-MBConv (EfficientNetV2): one kxk strided conv replaces expand + depthwise.
+def fused_mbconv_block(inputs, spec: BlockSpec, style: BlockStyle, prefix: str, drop_rate: float = 0.0):
+    """Fused-MBConv (EfficientNetV2): one kxk strided conv replaces expand + depthwise; with
+    expand ratio 1 the block is a single kxk conv + BN + activation. Always 'same' padding.
 
-    With expand ratio 1 the block is a single kxk conv + BN + activation.
+    Args: as `mbconv_block`.
     """
-    del explicit_padding  # V2 always uses 'same' padding
-    filters = int(input_filters * expand_ratio)
     x = inputs
-    if expand_ratio != 1:
-        x = conv(x, filters, kernel_size, f"{prefix}expand_conv", strides=strides)
-        x = batch_norm(x, f"{prefix}expand_bn", bn_momentum, bn_epsilon)
-        x = layers.Activation(activation, name=f"{prefix}expand_activation")(x)
+    single_conv = spec.expand_ratio == 1
+    if not single_conv:
+        x = conv(x, int(spec.input_filters * spec.expand_ratio), spec.kernel_size, f"{prefix}expand_conv",
+                 strides=spec.stride)
+        x = _bn_act(x, style, f"{prefix}expand_bn", f"{prefix}expand_activation")
 
-    if se_ratio and 0 < se_ratio <= 1:
-        x = squeeze_excite(x, input_filters, se_ratio, activation, prefix)
+    def project(x):
+        x = conv(x, spec.output_filters, spec.kernel_size if single_conv else 1, f"{prefix}project_conv",
+                 strides=spec.stride if single_conv else 1)
+        return _bn_act(x, style, f"{prefix}project_bn", f"{prefix}project_activation" if single_conv else None)
 
-    single_conv = expand_ratio == 1
-    x = conv(
-        x,
-        output_filters,
-        kernel_size if single_conv else 1,
-        f"{prefix}project_conv",
-        strides=strides if single_conv else 1,
-    )
-    x = batch_norm(x, f"{prefix}project_bn", bn_momentum, bn_epsilon)
-    if single_conv:
-        x = layers.Activation(activation, name=f"{prefix}project_activation")(x)
-    if id_skip and strides == 1 and input_filters == output_filters:
-        x = _residual(x, inputs, drop_rate, prefix)
-    return x
+    return _squeeze_excite_and_skip(x, inputs, spec, style, prefix, drop_rate, project)

@@ -7,47 +7,14 @@ Augmentation always computes in float32, whatever the global Keras dtype policy.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 
-import keras
 import tensorflow as tf
 
+from efficientnet_tf.data.config import MAX_MAGNITUDE, AugmentConfig
+from efficientnet_tf.models.scopes import dtype_policy
+
 log = logging.getLogger(__name__)
-MAX_MAGNITUDE = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    randaug_layers: int = 0
-    randaug_magnitude: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-
-    def __post_init__(self):
-        for field in ("randaug_layers", "randaug_magnitude", "mixup_alpha", "cutmix_alpha"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
-
-    @property
-    def mixes_labels(self) -> bool:
-        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-    @property
-    def active(self) -> bool:
-        return self.mixes_labels or (self.randaug_layers > 0 and self.randaug_magnitude > 0)
-
-
-@contextlib.contextmanager
-def float32_policy():
-    """Keras' global dtype policy set to float32 inside, restored after (even on error)."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 class BatchAugmenter:
@@ -60,7 +27,7 @@ class BatchAugmenter:
     """
 
     def __init__(self, config: AugmentConfig, seed: int | None = None):
-        with float32_policy():
+        with dtype_policy("float32"):
             self._build(config, seed)
 
     def _build(self, config: AugmentConfig, seed: int | None) -> None:

@@ -12,14 +12,12 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.augment import AugmentConfig, BatchAugmenter
-from efficientnet_tf.data import Source
-from efficientnet_tf.pixels import warn_if_unit_scaled
+from efficientnet_tf.data.augment import BatchAugmenter
+from efficientnet_tf.data.config import SMALL_IMAGE, AugmentConfig
+from efficientnet_tf.data.pixels import warn_if_unit_scaled
+from efficientnet_tf.data.sources import Source
 
 log = logging.getLogger(__name__)
-
-SMALL_IMAGE = 64  # below this side, crops are mild: a 0.08-area crop of 32px is 9px
-
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:

@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import socket
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf import image_io
+from efficientnet_tf.data import image_io
+from efficientnet_tf.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,23 @@ def get_source(name: str, data_dir: str | None = None, *, validation_fraction: f
         return folder_source(name[len("folder:"):], validation_fraction, seed, on_bad_image)
     return tfds_source(name, data_dir, download=download, validation_fraction=validation_fraction, seed=seed,
                        label_key=label_key)
+
+
+def native_image_size(name: str, data_dir: str | None = None, **source_args) -> int | None:
+    """The stored image size of dataset `name` (None: of varied size), without downloading or
+    decoding images: what resolving a run's image sizes needs before any work starts.
+    `source_args` go to `get_source` (label_key, validation_fraction, seed)."""
+    if name.startswith("folder:"):
+        return None  # any size; and opening a folder source checks every file
+    try:
+        return get_source(name, data_dir, download=False, **source_args).native_size
+    except FileNotFoundError:
+        # A TFDS dataset that is not prepared here: the metadata TFDS ships has the image shape.
+        import tensorflow_datasets as tfds
+
+        features = tfds.builder(name, data_dir=data_dir).info.features
+        shape = features["image"].shape if "image" in features else (None, None)
+        return shape[0] if shape[0] is not None and shape[0] == shape[1] else None
 
 
 def _percent(fraction: float) -> str:
@@ -339,18 +356,10 @@ def _load_verdicts(cache_path: str) -> dict:
 def _save_verdicts(cache_path: str, verdicts: dict) -> None:
     payload = {"decoder": image_io.DECODER_VERSION, "tensorflow": tf.__version__,
                "verdicts": {path: list(entry) for path, entry in verdicts.items()}}
-    temporary = None
     try:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(cache_path), prefix=".tmp-", suffix=".json",
-                                         delete=False, encoding="utf8") as f:
-            temporary = f.name
-            json.dump(payload, f)
-        os.replace(temporary, cache_path)  # atomic: a reader sees the old file or the new, never half
+        atomic_write(cache_path, json.dumps(payload))
     except OSError as err:  # a read-only home must not stop training
         log.info("image-check cache not written to %s (%s)", cache_path, err)
-        if temporary and os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def check_image_files(paths: list[str], workers: int | None = None) -> dict[str, str | None]:

@@ -11,8 +11,8 @@ import math
 
 import keras
 
-from efficientnet_tf.builder import build_model
-from efficientnet_tf.configs import get_config
+from efficientnet_tf.models.builder import build_model
+from efficientnet_tf.models.configs import get_config
 
 
 def _layer_macs(layer) -> int:

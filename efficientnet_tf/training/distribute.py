@@ -8,8 +8,10 @@ import os
 
 import tensorflow as tf
 
+from efficientnet_tf.settings import SettingError
+from efficientnet_tf.training.config import STRATEGIES
+
 log = logging.getLogger(__name__)
-STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
 
 
 def _tf_config_workers() -> int:
@@ -24,7 +26,7 @@ def make_strategy(kind: str = "auto", tpu: str | None = None) -> tf.distribute.S
     """auto: TPU when `tpu` is given, multi-worker when TF_CONFIG names several workers,
     mirrored over several GPUs, else the default (one device) strategy."""
     if kind not in STRATEGIES:
-        raise ValueError(f"unknown strategy {kind!r}; choose from {', '.join(STRATEGIES)}")
+        raise SettingError("strategy", f"unknown strategy {kind!r}; choose from {', '.join(STRATEGIES)}")
     if kind == "auto":
         if tpu:
             kind = "tpu"
@@ -47,7 +49,7 @@ def make_strategy(kind: str = "auto", tpu: str | None = None) -> tf.distribute.S
         return tf.distribute.MirroredStrategy()
     if kind == "gpu":
         if not tf.config.list_physical_devices("GPU"):
-            raise ValueError("--strategy=gpu but TensorFlow sees no GPU; use --strategy=auto or cpu")
+            raise SettingError("strategy", "strategy 'gpu' but TensorFlow sees no GPU; use 'auto' or 'cpu'")
         return tf.distribute.OneDeviceStrategy("/gpu:0")
     return tf.distribute.get_strategy()  # default strategy: one CPU
 

@@ -10,15 +10,15 @@ from importlib import resources
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.export import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
-from efficientnet_tf.image_io import SUPPORTED_FORMATS, check_image_bytes
-from efficientnet_tf.input_pipeline import preprocess_eval
-from efficientnet_tf.pixels import warn_if_unit_scaled
+from efficientnet_tf.data.image_io import SUPPORTED_FORMATS, check_image_bytes
+from efficientnet_tf.data.pipeline import preprocess_eval
+from efficientnet_tf.data.pixels import warn_if_unit_scaled
+from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
 
 
 def imagenet_class_names() -> list[str]:
     """The 1000 ILSVRC-2012 class names in the order of the official weights' outputs."""
-    text = resources.files("efficientnet_tf").joinpath("imagenet_classes.txt").read_text(encoding="utf8")
+    text = resources.files("efficientnet_tf.deploy").joinpath("imagenet_classes.txt").read_text(encoding="utf8")
     names = [line for line in text.splitlines() if line]
     assert len(names) == 1000, f"imagenet_classes.txt has {len(names)} names, expected 1000"
     return names
@@ -62,7 +62,7 @@ class Predictor:
     def from_saved_model(cls, path: str) -> Predictor:
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise FileNotFoundError(f"{path!r} is not a SavedModel directory (no saved_model.pb); "
-                                    "export one with efficientnet_tf.export.export_run")
+                                    "export one with efficientnet_tf.deploy.export.export_run")
         loaded = tf.saved_model.load(path)
         if SIGNATURE_BYTES not in loaded.signatures:
             raise ValueError(f"SavedModel {path!r} has no {SIGNATURE_BYTES!r} signature (signatures: "
@@ -82,7 +82,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, model_dir: str, top_k: int = 5) -> Predictor:
-        from efficientnet_tf.export import load_trained_model
+        from efficientnet_tf.deploy.export import load_trained_model
 
         model, info = load_trained_model(model_dir)
         return cls.from_model(model, info["class_names"], int(info["image_size"]), top_k,
@@ -91,8 +91,8 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, model_name: str, weights: str = "imagenet", top_k: int = 5) -> Predictor:
-        from efficientnet_tf.builder import build_model
-        from efficientnet_tf.configs import get_config
+        from efficientnet_tf.models.builder import build_model
+        from efficientnet_tf.models.configs import get_config
 
         resolution = get_config(model_name).resolution
         model = build_model(model_name, weights=weights)  # softmax outputs, ImageNet head

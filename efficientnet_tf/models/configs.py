@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 
-from efficientnet_tf.block_args import BlockSpec, decode_blocks
+from efficientnet_tf.models.block_args import BlockSpec, decode_blocks, encode_block
 
 V1_BLOCKS = (
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -204,4 +205,27 @@ def get_config(name: str) -> ModelConfig:
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ValueError(
         f"unknown model {name!r}: {hint}valid models are {', '.join(REGISTRY)}"
+    )
+
+
+def custom_config(
+    block_strings: Sequence[str] | str,
+    width_coefficient: float = 1.0,
+    depth_coefficient: float = 1.0,
+    resolution: int = 224,
+    base: str = "efficientnet-b0",
+    name: str = "efficientnet-custom",
+    **overrides,
+) -> ModelConfig:
+    """A ModelConfig for your own block strings, inheriting everything else from `base`."""
+    specs = decode_blocks(block_strings)  # validates
+    return dataclasses.replace(
+        get_config(base),
+        name=name,
+        block_strings=tuple(encode_block(s) for s in specs),
+        width_coefficient=width_coefficient,
+        depth_coefficient=depth_coefficient,
+        resolution=resolution,
+        keras_weights=None,
+        **overrides,
     )

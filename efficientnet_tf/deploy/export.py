@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -21,102 +20,39 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.augment import float32_policy
-from efficientnet_tf.builder import build_model, functional_model
-from efficientnet_tf.image_io import decode_image
-from efficientnet_tf.input_pipeline import preprocess_eval
-from efficientnet_tf.trainer import WeightAverage, atomic_write, current_umask, load_run_config
+from efficientnet_tf.data.pipeline import PipelineConfig, make_dataset
+from efficientnet_tf.deploy.config import INTEGER_IO, TFLITE_QUANTIZATIONS
+from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
+from efficientnet_tf.files import atomic_write, replace_directory
+from efficientnet_tf.models.builder import build_model, functional_model
+from efficientnet_tf.models.scopes import dtype_policy
+from efficientnet_tf.settings import SettingError
+from efficientnet_tf.training.ema import WeightAverage
+from efficientnet_tf.training.rundir import RunDir, load_run
 
-TFLITE_QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 NEEDS_REPRESENTATIVE_DATA = ("int8", "int16x8")
-SIGNATURE_IMAGES = "serving_default"
-SIGNATURE_BYTES = "serving_bytes"
 
 
 def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Model, dict]:
     """The newest checkpoint of a run as a float32 Keras model that outputs logits, with the
     EMA weights when the run kept them (what the papers evaluate), and the run info."""
-    config, info = load_run_config(model_dir)
-    checkpoint_dir = os.path.join(model_dir, "checkpoints")
+    config, info = load_run(model_dir)
+    checkpoint_dir = RunDir(model_dir).checkpoints
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}: train first (python main.py --mode=train "
-                                f"--model_dir={model_dir} ...)")
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}: train this run first")
     size = int(info["image_size"])
-    with float32_policy():
-        model = build_model(config.model, num_classes=int(info["num_classes"]), input_shape=(size, size, 3),
+    with dtype_policy("float32"):
+        model = build_model(config.model.name, num_classes=int(info["num_classes"]), input_shape=(size, size, 3),
                             weights=None, classifier_activation=None)
-    ema = WeightAverage(model.variables, config.ema_decay) if config.ema_decay > 0 else None
+    decay = config.optimizer.ema_decay
+    ema = WeightAverage(model.variables, decay) if decay > 0 else None
     checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))
     checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
     if ema is not None and use_ema:
         ema.swap()
     info = dict(info, checkpoint=latest, ema=bool(ema is not None and use_ema))
     return model, info
-
-
-class ServingModule(tf.Module):
-    """The model with its serving signatures; `tf.saved_model.save` writes it."""
-
-    def __init__(self, model: keras.Model, class_names: Sequence[str], image_size: int, top_k: int = 5,
-                 crop_padding: int = 32, logits: bool = True):
-        super().__init__(name="efficientnet_serving")
-        if len(class_names) != model.output_shape[-1]:
-            raise ValueError(f"{len(class_names)} class names for a model with {model.output_shape[-1]} outputs")
-        self.model = model
-        self.class_names = tf.constant([str(n) for n in class_names])
-        self.image_size = int(image_size)
-        self.top_k = min(int(top_k), len(class_names))
-        self.crop_padding = crop_padding
-        self.from_logits = logits
-        size = self.image_size
-        self.serve_images = tf.function(
-            self._serve_images, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
-        self.serve_bytes = tf.function(
-            self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-
-    def _outputs(self, outputs):
-        outputs = tf.cast(outputs, tf.float32)
-        probabilities = tf.nn.softmax(outputs) if self.from_logits else outputs
-        top = tf.math.top_k(probabilities, k=self.top_k)
-        return {"probabilities": probabilities, "top_k_ids": top.indices, "top_k_probabilities": top.values,
-                "top_k_names": tf.gather(self.class_names, top.indices)}
-
-    def _serve_images(self, images):
-        return self._outputs(self.model(images, training=False))
-
-    def _serve_bytes(self, image_bytes):
-        def decode(data):
-            image = decode_image(data)  # the training decoder: same formats, same EXIF orientation
-            return preprocess_eval(image, self.image_size, self.crop_padding)
-
-        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec(
-            [self.image_size, self.image_size, 3], tf.float32))
-        return self._outputs(self.model(images, training=False))
-
-
-def replace_directory(build, destination: str) -> str:
-    """Run `build(tmp_dir)` next to `destination`, then swap the result in. On any failure the
-    previous destination (if any) is untouched and the temporary directory is removed."""
-    destination = os.path.abspath(destination)
-    parent = os.path.dirname(destination)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.tmp-", dir=parent)
-    try:
-        build(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; an export is meant to be shared
-    retired = None
-    if os.path.exists(destination):
-        retired = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.old-", dir=parent)
-        os.rmdir(retired)
-        os.replace(destination, retired)
-    os.replace(staging, destination)
-    if retired:
-        shutil.rmtree(retired, ignore_errors=True)
-    return destination
 
 
 def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequence[str], image_size: int,
@@ -152,9 +88,10 @@ def convert_tflite(model: keras.Model, quantization: str, representative_images:
     (float 0..255, one image or a batch per item).
     """
     if quantization not in TFLITE_QUANTIZATIONS:
-        raise ValueError(f"unknown TFLite quantization {quantization!r}; choose from {', '.join(TFLITE_QUANTIZATIONS)}")
-    if integer_io not in ("uint8", "int8"):
-        raise ValueError(f"integer_io must be uint8 or int8, got {integer_io!r}")
+        raise SettingError("tflite", f"unknown TFLite quantization {quantization!r}; choose from "
+                           f"{', '.join(TFLITE_QUANTIZATIONS)}")
+    if integer_io not in INTEGER_IO:
+        raise SettingError("int8_io", f"integer_io must be one of {', '.join(INTEGER_IO)}, got {integer_io!r}")
     if quantization in NEEDS_REPRESENTATIVE_DATA and representative_images is None:
         raise ValueError(f"{quantization} quantization needs representative images (from the training pipeline)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,15 +220,11 @@ def format_report(report: dict[str, dict]) -> str:
 def pipeline_images(model_dir: str, count: int, training: bool):
     """Images (float 0..255) and labels from a run's own data pipeline: the training pipeline
     (random crops, no RandAugment/mixup) for calibration, the eval pipeline for agreement."""
-    from efficientnet_tf.trainer import load_run_config
-
-    config, info = load_run_config(model_dir)
-    return _take_images(config.load_source("skip"), int(info["image_size"]), config.seed, count, training)
+    config, info = load_run(model_dir)
+    return _take_images(config.load_source("skip"), int(info["image_size"]), config.run.seed, count, training)
 
 
 def _take_images(source, image_size: int, seed: int | None, count: int, training: bool):
-    from efficientnet_tf.input_pipeline import PipelineConfig, make_dataset
-
     pipeline = PipelineConfig(image_size=image_size, global_batch_size=min(count, 64), seed=seed, drop_remainder=False)
     images, labels = [], []
     for batch_images, batch_labels in make_dataset(source, pipeline, training=training, repeat=training):
@@ -314,20 +247,20 @@ def export_run(model_dir: str, export_dir: str | None = None, tflite: Sequence[s
     swapped in at the end."""
     unknown = [q for q in tflite if q not in TFLITE_QUANTIZATIONS]
     if unknown:
-        raise ValueError(f"unknown TFLite format(s) {', '.join(map(repr, unknown))}; choose from "
-                         f"{', '.join(TFLITE_QUANTIZATIONS)}")
+        raise SettingError("tflite", f"unknown TFLite format(s) {', '.join(map(repr, unknown))}; choose from "
+                           f"{', '.join(TFLITE_QUANTIZATIONS)}")
     model, info = load_trained_model(model_dir, use_ema=use_ema)
-    export_dir = export_dir or os.path.join(model_dir, "export")
+    export_dir = export_dir or RunDir(model_dir).export
     size = int(info["image_size"])
     report = {"model": info["model"], "dataset": info["dataset"], "checkpoint": info["checkpoint"], "ema": info["ema"],
               "image_size": size}
     representative = eval_images = eval_labels = None
     if tflite:
-        config, _ = load_run_config(model_dir)
+        config, _ = load_run(model_dir)
         source = config.load_source("skip")  # once, for calibration and for the agreement check
         if any(q in NEEDS_REPRESENTATIVE_DATA for q in tflite):
-            representative, _ = _take_images(source, size, config.seed, calibration_images, training=True)
-        eval_images, eval_labels = _take_images(source, size, config.seed, check_images or 10**9, training=False)
+            representative, _ = _take_images(source, size, config.run.seed, calibration_images, training=True)
+        eval_images, eval_labels = _take_images(source, size, config.run.seed, check_images or 10**9, training=False)
 
     def build(path):
         saved_model = os.path.join(path, "saved_model")

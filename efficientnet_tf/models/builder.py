@@ -8,18 +8,19 @@ import math
 import numbers
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
 
-from efficientnet_tf import configs
-from efficientnet_tf.block_args import BlockSpec, decode_blocks, encode_block
-from efficientnet_tf.configs import ModelConfig, get_config
-from efficientnet_tf.layers import (
+from efficientnet_tf.models import configs
+from efficientnet_tf.models.block_args import BlockSpec
+from efficientnet_tf.models.configs import ModelConfig, get_config
+from efficientnet_tf.models.layers import (
     DENSE_KERNEL_INITIALIZER,
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
+    BlockStyle,
     InputRescaling,
     SamePadding2D,
     StdNormalization,
@@ -137,7 +138,7 @@ def block_plan(config: ModelConfig, drop_connect_rate: float | None = None) -> l
 
 
 def _letters(j: int) -> str:
-    """a..z, then aa, ab, ... for very deep stages (L2 and V2-XL exceed 26 repeats)."""
+    """a..z, then aa, ab, ... for very deep stages (V2-XL's 32-block stage)."""
     if j < 26:
         return chr(97 + j)
     return _letters(j // 26 - 1) + chr(97 + j % 26)
@@ -206,6 +207,27 @@ def functional_model(inputs, outputs, name: str, max_layers: int) -> keras.Model
         return keras.Model(inputs, outputs, name=name)
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureInfo:
+    """A feature map the builder recorded: the last block at one output stride (as timm's
+    `feature_info`). `layer` is the name of the layer that outputs it."""
+
+    stride: int
+    channels: int
+    layer: str
+    stage: int  # index into the config's block strings
+
+
+def _set_feature_info(model: keras.Model, infos) -> None:
+    # Plain attribute, kept out of Keras' tracking (it is metadata, not state).
+    object.__setattr__(model, "feature_info", tuple(infos))
+
+
+def _producer(tensor) -> str:
+    """Name of the layer whose output `tensor` is."""
+    return tensor._keras_history.operation.name
+
+
 def build_efficientnet(
     config: ModelConfig,
     *,
@@ -220,52 +242,65 @@ def build_efficientnet(
     embedding_dim: int | None = None,
     l2_normalize_embedding: bool = True,
 ) -> keras.Model:
-    """Build the functional model for `config` with random weights."""
+    """Build the functional model a `ModelConfig` describes, with random weights.
+
+    The model takes raw RGB pixels in 0..255 (the variant's normalization is its first layers)
+    and has keras.applications' layer names. While it is built, the last block at each output
+    stride is recorded in `model.feature_info` (a tuple of `FeatureInfo`).
+
+    Args:
+        config: the variant: block specs, scaling, activation, BN and preprocessing.
+        num_classes: classifier outputs (with `include_top`).
+        input_shape: (height, width, 3), each side >= 32 or None (any size); None: the
+            config's resolution.
+        include_top: end with average pooling, dropout and the classifier.
+        pooling: without the top: None (the last feature map), 'avg' or 'max'.
+        dropout_rate: before the classifier (or embedding); None: the config's.
+        drop_connect_rate: stochastic depth rate of the last block (earlier blocks scale
+            linearly from 0); None: the config's.
+        bn_momentum: moving-average momentum of every BatchNormalization; None: the config's.
+        classifier_activation: 'softmax', None (logits) or any Keras activation.
+        embedding_dim: without the top: a Dense embedding of this size after pooling.
+        l2_normalize_embedding: unit-normalize that embedding.
+
+    Returns:
+        A keras.Model named `config.name`.
+    """
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     if include_top:
         num_classes = _positive_int(num_classes, "num_classes")
     dropout_rate = config.dropout_rate if dropout_rate is None else dropout_rate
-    momentum = config.bn_momentum if bn_momentum is None else bn_momentum
-    eps = config.bn_epsilon
-    act = config.activation
-    explicit_padding = config.keras_style_padding
+    style = BlockStyle(
+        activation=config.activation,
+        bn_momentum=config.bn_momentum if bn_momentum is None else bn_momentum,
+        bn_epsilon=config.bn_epsilon,
+        explicit_padding=config.keras_style_padding,
+    )
 
     inputs = keras.Input(shape=_input_shape(config, input_shape), name="image")
     x = _preprocess(inputs, config)
 
     padding = "same"
-    if explicit_padding:
+    if style.explicit_padding:
         x = SamePadding2D(3, 2, name="stem_conv_pad")(x)
         padding = "valid"
     x = conv(x, stem_filters(config), 3, "stem_conv", strides=2, padding=padding)
-    x = batch_norm(x, "stem_bn", momentum, eps)
-    x = layers.Activation(act, name="stem_activation")(x)
+    x = batch_norm(x, "stem_bn", style.bn_momentum, style.bn_epsilon)
+    x = layers.Activation(style.activation, name="stem_activation")(x)
 
     plan = block_plan(config, drop_connect_rate)
+    features: dict[int, FeatureInfo] = {}
     for block in plan:
-        spec = block.spec
-        make = fused_mbconv_block if spec.fused else mbconv_block
-        x = make(
-            x,
-            input_filters=spec.input_filters,
-            output_filters=spec.output_filters,
-            kernel_size=spec.kernel_size,
-            strides=spec.stride,
-            expand_ratio=spec.expand_ratio,
-            se_ratio=spec.se_ratio,
-            id_skip=spec.id_skip,
-            activation=act,
-            drop_rate=block.drop_rate,
-            prefix=block.prefix,
-            bn_momentum=momentum,
-            bn_epsilon=eps,
-            explicit_padding=explicit_padding,
-        )
+        make = fused_mbconv_block if block.spec.fused else mbconv_block
+        x = make(x, block.spec, style, block.prefix, block.drop_rate)
+        # A later block at the same stride replaces the entry: each stride keeps its last block.
+        features[block.output_stride] = FeatureInfo(block.output_stride, block.spec.output_filters, _producer(x),
+                                                    block.stage)
 
     x = conv(x, head_filters(config), 1, "top_conv")
-    x = batch_norm(x, "top_bn", momentum, eps)
-    x = layers.Activation(act, name="top_activation")(x)
+    x = batch_norm(x, "top_bn", style.bn_momentum, style.bn_epsilon)
+    x = layers.Activation(style.activation, name="top_activation")(x)
 
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -296,7 +331,9 @@ def build_efficientnet(
             )(x)
             if l2_normalize_embedding:
                 x = layers.UnitNormalization(axis=-1, name="embedding_l2", dtype="float32")(x)
-    return functional_model(inputs, x, config.name, max_layers=_MAX_LAYERS_PER_BLOCK * (len(plan) + 2))
+    model = functional_model(inputs, x, config.name, max_layers=_MAX_LAYERS_PER_BLOCK * (len(plan) + 2))
+    _set_feature_info(model, sorted(features.values(), key=lambda info: info.stride))
+    return model
 
 
 def build_model(
@@ -313,12 +350,33 @@ def build_model(
     embedding_dim: int | None = None,
     l2_normalize_embedding: bool = True,
 ) -> keras.Model:
-    """Build a registered EfficientNet (see `list_models()`), optionally with weights.
+    """Build a registered EfficientNet, optionally with pretrained weights.
 
-    Models take raw RGB pixels in 0..255; normalization is inside the model.
-    `weights`: None (random), 'imagenet' (official keras.applications file, downloaded and
-    cached), or the path of a keras/HDF5 weight file. With `num_classes != 1000` or
-    `include_top=False`, pretrained weights initialise everything but the classifier.
+    Models take raw RGB pixels in 0..255; each variant's normalization is inside the model.
+
+    Args:
+        name: a registered name (`list_models()`), e.g. 'efficientnet-b0', 'efficientnetv2-s',
+            'efficientnet-lite0', or a `ModelConfig` (see `custom_config`).
+        num_classes: classifier outputs. With pretrained weights and a count other than
+            1000, everything but the classifier is loaded.
+        input_shape: (height, width, 3) with sides >= 32, or (None, None, 3) for any size;
+            None: the variant's resolution.
+        include_top: end with the classifier; False: the backbone (see `pooling`).
+        pooling: without the top: None (4D feature map), 'avg' or 'max'.
+        weights: None (random), 'imagenet' (the official keras.applications file, downloaded
+            once and md5-checked) or the path of a Keras/HDF5 weight file.
+        dropout_rate: before the classifier; None: the variant's (B0 0.2 ... B7 0.5).
+        drop_connect_rate: stochastic depth rate of the last block; None: the variant's (0.2).
+        bn_momentum: BatchNormalization momentum; None: the variant's.
+        classifier_activation: 'softmax' (default), None for logits, or any Keras activation.
+        embedding_dim: with `include_top=False`: add a Dense embedding of this size.
+        l2_normalize_embedding: unit-normalize that embedding.
+
+    Returns:
+        A functional keras.Model with keras.applications' layer names and `feature_info`.
+
+    Raises:
+        ValueError: an unknown name, a bad shape or argument (one line naming it).
     """
     config = get_config(name)
     if embedding_dim is not None:
@@ -339,47 +397,10 @@ def build_model(
         l2_normalize_embedding=l2_normalize_embedding,
     )
     if weights is not None:
-        from efficientnet_tf.weights import load_weights  # keeps h5py off the import path
+        from efficientnet_tf.models.weights import load_weights  # keeps h5py off the import path
 
         load_weights(model, config, weights)
     return model
-
-
-def custom_config(
-    block_strings: Sequence[str] | str,
-    width_coefficient: float = 1.0,
-    depth_coefficient: float = 1.0,
-    resolution: int = 224,
-    base: str = "efficientnet-b0",
-    name: str = "efficientnet-custom",
-    **overrides,
-) -> ModelConfig:
-    """A ModelConfig for your own block strings, inheriting everything else from `base`."""
-    specs = decode_blocks(block_strings)  # validates
-    return dataclasses.replace(
-        get_config(base),
-        name=name,
-        block_strings=tuple(encode_block(s) for s in specs),
-        width_coefficient=width_coefficient,
-        depth_coefficient=depth_coefficient,
-        resolution=resolution,
-        keras_weights=None,
-        **overrides,
-    )
-
-
-def feature_block_prefixes(config: ModelConfig | str, strides: Sequence[int] = (2, 4, 8, 16, 32)) -> list[str]:
-    """For each output stride, the name prefix of the last block producing that resolution."""
-    config = get_config(config)
-    last_at = {}
-    for block in block_plan(config):
-        last_at[block.output_stride] = block.prefix
-    names = []
-    for stride in strides:
-        if stride not in last_at:
-            raise ValueError(f"no feature map at stride {stride}; available: {sorted(last_at)}")
-        names.append(last_at[stride])
-    return names
 
 
 def build_feature_extractor(
@@ -388,10 +409,25 @@ def build_feature_extractor(
     weights: str | None = None,
     strides: Sequence[int] = (2, 4, 8, 16, 32),
 ) -> keras.Model:
-    """Backbone returning the multi-scale feature maps (for detection / segmentation)."""
+    """A backbone that returns its multi-scale feature maps (for detection and segmentation).
+
+    Args:
+        name: a registered model name (see `list_models()`) or a `ModelConfig`.
+        input_shape: (height, width, 3); None: the variant's resolution; (None, None, 3): any size.
+        weights: None, 'imagenet' or a weight file, as for `build_model`.
+        strides: output strides to return, each the last block at that resolution (as recorded
+            in the backbone's `feature_info` while it was built).
+
+    Returns:
+        A keras.Model with one output per stride, in the order given; its `feature_info` lists them.
+    """
     backbone = build_model(name, input_shape=input_shape, include_top=False, weights=weights)
-    outputs = []
-    for prefix in feature_block_prefixes(name, strides):
-        block_layers = [layer for layer in backbone.layers if layer.name.startswith(prefix)]
-        outputs.append(block_layers[-1].output)
-    return functional_model(backbone.input, outputs, f"{backbone.name}_features", max_layers=len(backbone.layers))
+    by_stride = {info.stride: info for info in backbone.feature_info}
+    missing = [stride for stride in strides if stride not in by_stride]
+    if missing:
+        raise ValueError(f"no feature map at stride {missing[0]}; available: {sorted(by_stride)}")
+    chosen = [by_stride[stride] for stride in strides]
+    model = functional_model(backbone.input, [backbone.get_layer(info.layer).output for info in chosen],
+                             f"{backbone.name}_features", max_layers=len(backbone.layers))
+    _set_feature_info(model, chosen)
+    return model

@@ -7,8 +7,7 @@ import math
 import keras
 import tensorflow as tf
 
-SCHEDULES = ("exponential", "cosine", "constant")
-OPTIMIZERS = ("rmsprop", "sgd", "adamw")
+from efficientnet_tf.training.config import OPTIMIZERS, SCHEDULES
 
 
 def scaled_learning_rate(per_256: float, global_batch_size: int) -> float:

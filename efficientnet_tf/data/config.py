@@ -1,0 +1,74 @@
+"""The data settings a run chooses: which images, at which sizes, with which augmentation.
+The command line builds its flags from these declarations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from efficientnet_tf.settings import SettingError, setting
+
+# Below this side a dataset counts as small-image (CIFAR 32, digits 8): it trains and evaluates
+# at one size, and its random crops are mild (a 0.08-area crop of 32 px is 9 px).
+SMALL_IMAGE = 64
+ON_BAD_IMAGE = ("error", "skip")
+MAX_MAGNITUDE = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which dataset a run reads and the image sizes it trains and evaluates at."""
+
+    dataset: str = setting("digits", "TFDS name (cifar10, oxford_flowers102, imagenet2012, ...), folder:PATH, "
+                           "digits (offline) or synthetic.")
+    data_dir: str | None = setting(None, "TFDS data directory.")
+    image_size: int | None = setting(None, "Evaluation and export size; default: the model's resolution, 32 for "
+                                     "datasets of images under 64 px (CIFAR, digits).")
+    train_image_size: int | None = setting(
+        None, "Training size; default: EfficientNetV2's own training size (S: 300, evaluated at 384) up to "
+        "image_size, else image_size; datasets of images under 64 px train at image_size. Progressive learning "
+        "ends at it.")
+    validation_fraction: float | None = setting(
+        None, "Share of the training images held out (seeded) for evaluation when the dataset has no evaluation "
+        "split; default 0.1 (digits: 0.2).")
+    label_key: str = setting("label", "TFDS datasets: the class-label feature to classify (e.g. smallnorb: "
+                             "label_category).")
+    on_bad_image: str = setting("error", "folder: datasets: 'error' names unreadable files and stops; 'skip' "
+                                "leaves them out and counts them.", choices=ON_BAD_IMAGE)
+
+    def validate(self) -> None:
+        for name in ("image_size", "train_image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 32:
+                raise SettingError(name, f"{name} must be >= 32, got {value}")
+        if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
+            raise SettingError("validation_fraction", "validation_fraction must be in (0, 1) or None (the source's "
+                               f"default), got {self.validation_fraction}")
+        if not isinstance(self.label_key, str) or not self.label_key.strip():
+            raise SettingError("label_key", f"label_key must be a feature name such as 'label', got {self.label_key!r}")
+        if self.on_bad_image not in ON_BAD_IMAGE:
+            raise SettingError("on_bad_image", f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
+                               f"got {self.on_bad_image!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Batch augmentation. Magnitudes use the tensorflow/tpu scale where 10 is the strongest."""
+
+    randaug_layers: int = setting(0, "RandAugment ops per image (0: off).")
+    randaug_magnitude: float = setting(0.0, "RandAugment magnitude (tensorflow/tpu scale, 10 = strongest).")
+    mixup_alpha: float = setting(0.0, "MixUp alpha (0: off).")
+    cutmix_alpha: float = setting(0.0, "CutMix alpha (0: off).")
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) < 0:
+                raise SettingError(field.name, f"{field.name} must be >= 0, got {getattr(self, field.name)}")
+
+    @property
+    def mixes_labels(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    @property
+    def active(self) -> bool:
+        return self.mixes_labels or (self.randaug_layers > 0 and self.randaug_magnitude > 0)

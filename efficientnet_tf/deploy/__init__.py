@@ -1,0 +1,13 @@
+"""Deployment: a trained run -> SavedModel (pixels or image bytes in) and TFLite; predictions."""
+
+from efficientnet_tf._lazy import lazy_exports
+
+_EXPORTS = {
+    "ExportConfig": "config", "TFLITE_QUANTIZATIONS": "config",
+    "ServingModule": "serving",
+    "export_run": "export", "export_saved_model": "export", "export_tflite": "export", "convert_tflite": "export",
+    "load_trained_model": "export", "agreement_report": "export", "TFLiteRunner": "export",
+    "Predictor": "predict", "format_predictions": "predict", "imagenet_class_names": "predict",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,15 @@
+"""Training: config -> stages -> optimizer, EMA, strategy -> the loop, writing one run directory."""
+
+from efficientnet_tf._lazy import lazy_exports
+
+_EXPORTS = {
+    "TrainConfig": "config", "DataConfig": "config", "NetworkConfig": "config", "OptimizerConfig": "config",
+    "AugmentConfig": "config", "ProgressiveConfig": "config", "RunConfig": "config",
+    "Stage": "stages", "plan_stages": "stages", "stage_pipeline": "stages", "effective_bn_momentum": "stages",
+    "WeightAverage": "ema",
+    "RunDir": "rundir", "load_run": "rundir", "read_history": "rundir", "HISTORY_COLUMNS": "rundir",
+    "Trainer": "loop", "TrainingDiverged": "loop", "train": "loop",
+    "replot_run": "report",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

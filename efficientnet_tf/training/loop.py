@@ -1,0 +1,466 @@
+"""Training and evaluation with a `strategy.run` loop: one code path for CPU, GPU, TPU and workers.
+
+Keras' Model.fit fails under MultiWorkerMirroredStrategy (Keras 3.15), so the loop is ours:
+a tf.function train step per stage (static shapes, optional XLA), EMA of the weights for
+evaluation and export, a checkpoint every epoch, `history.csv`, TensorBoard logs, and resume.
+Progress goes to stdout when `verbose` (like Keras' fit); warnings go to `logging`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, per_replica_batch_size
+from efficientnet_tf.models.builder import build_model
+from efficientnet_tf.models.configs import get_config
+from efficientnet_tf.models.scopes import dtype_policy, random_seed
+from efficientnet_tf.settings import SettingError
+from efficientnet_tf.training import distribute
+from efficientnet_tf.training.config import TrainConfig
+from efficientnet_tf.training.ema import WeightAverage
+from efficientnet_tf.training.optim import l2_loss, make_optimizer, scaled_learning_rate
+from efficientnet_tf.training.rundir import RunDir, run_info
+from efficientnet_tf.training.stages import Stage, augmented_batch, effective_bn_momentum, plan_stages, stage_pipeline
+
+log = logging.getLogger(__name__)
+HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool")
+
+
+class UnreadableCheckpoints(RuntimeError):
+    """Checkpoints exist but none of them can be restored."""
+
+
+class TrainingDiverged(SettingError):
+    """Loss became NaN/inf: training stopped, the last good checkpoint is kept."""
+
+    def __init__(self, message: str):
+        super().__init__("learning_rate", message)
+
+
+class Trainer:
+    """Builds everything for a TrainConfig; `fit()` trains (resuming), `evaluate()` reports.
+
+    Keras' global state is left as found: the model is built under the run's dtype policy and
+    seed in scopes that restore both (the CLI seeds the whole process itself).
+    """
+
+    def __init__(self, config: TrainConfig, verbose: bool = True, strategy: tf.distribute.Strategy | None = None):
+        config.validate()
+        self.config = config
+        self.verbose = verbose
+        self.run_dir = RunDir(config.model_dir)
+        self.strategy = strategy or distribute.make_strategy(config.run.strategy, config.run.tpu)
+        self.replicas = self.strategy.num_replicas_in_sync
+        per_replica_batch_size(config.run.batch_size, self.replicas)
+        self.chief = distribute.is_chief(self.strategy)
+        self.policy = distribute.mixed_precision_policy(self.strategy, config.run.mixed_precision)
+        self.device = distribute.device_kind(self.strategy)
+        self.jit_compile = config.run.jit_compile if config.run.jit_compile is not None else self.device == "tpu"
+
+        self.source = config.load_source()
+        model_config = get_config(config.model.name)
+        # image_size: evaluation and export; train_image_size: training (V2: smaller).
+        self.train_image_size, self.image_size = config.image_sizes(self.source.native_size)
+        self.steps_per_epoch = max(1, (self.source.num_train or config.run.batch_size) // config.run.batch_size)
+        if config.run.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.run.steps_per_epoch)
+        network = config.model
+        self.bn_momentum = network.bn_momentum or effective_bn_momentum(model_config.bn_momentum, self.steps_per_epoch)
+        self.dropout_rate = model_config.dropout_rate if network.dropout_rate is None else network.dropout_rate
+        self.stages = plan_stages(config, self.train_image_size, self.dropout_rate)
+        self.base_lr = scaled_learning_rate(config.optimizer.learning_rate, config.run.batch_size)
+        self.one_hot = config.optimizer.label_smoothing > 0 or config.augment.mixes_labels or (
+            config.progressive.stages > 1 and (config.progressive.max_mixup or 0) > 0)
+        self.sync_bn = network.sync_batch_norm if network.sync_batch_norm is not None else self.replicas > 1
+
+        variable_size = len({s.image_size for s in self.stages} | {self.image_size}) > 1
+        with self.strategy.scope(), dtype_policy(self.policy), random_seed(config.run.seed):
+            self.model = build_model(
+                config.model.name,
+                num_classes=self.source.num_classes,
+                input_shape=(None, None, 3) if variable_size else (self.image_size, self.image_size, 3),
+                weights=config.model.weights,
+                dropout_rate=self.dropout_rate,
+                drop_connect_rate=config.model.drop_connect_rate,
+                bn_momentum=self.bn_momentum,
+                classifier_activation=None,  # logits: float32 loss, softmax at export
+            )
+            if self.sync_bn:
+                for layer in self.model.layers:
+                    if isinstance(layer, keras.layers.BatchNormalization):
+                        layer.synchronized = True
+            self.schedule = config.make_schedule(self.base_lr, self.steps_per_epoch)
+            self.lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
+            self.optimizer = make_optimizer(
+                config.optimizer.name, lambda: self.schedule(self._optimizer_steps()) * self.lr_scale,
+                weight_decay=config.optimizer.weight_decay, loss_scale=self.policy == "mixed_float16")
+            self.optimizer.build(self.model.trainable_variables)
+            ema_decay = config.optimizer.ema_decay
+            self.ema = WeightAverage(self.model.variables, ema_decay) if ema_decay > 0 else None
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        if self.ema is not None:
+            self.ema.reset()
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
+                                              **({"ema": self.ema} if self.ema is not None else {}))
+        self.checkpoint_dir = self._checkpoint_dir()
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
+                                                  max_to_keep=config.run.keep_checkpoints)
+        self._train_fns = {}
+        self._eval_fns = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _optimizer_steps(self):
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        return inner.iterations
+
+    def _checkpoint_dir(self) -> str:
+        if self.chief:
+            return self.run_dir.checkpoints
+        # Other workers must save too (collective ops), but somewhere they can throw away.
+        resolver = self.strategy.cluster_resolver
+        return self.run_dir.worker_checkpoints(resolver.task_type, resolver.task_id)
+
+    def _print(self, *args):
+        if self.verbose and self.chief:
+            print(*args, flush=True)
+
+    def _pipeline(self, stage: Stage, training: bool) -> PipelineConfig:
+        return stage_pipeline(self.config, stage, training, self.one_hot)
+
+    def _trainable_variables(self, stage: Stage):
+        if not stage.frozen:
+            return self.model.trainable_variables
+        return [v for layer in self.model.layers if layer.name in HEAD_LAYERS for v in layer.trainable_variables]
+
+    def _set_frozen(self, frozen: bool) -> None:
+        for layer in self.model.layers:
+            if layer.name not in HEAD_LAYERS and layer.weights:
+                layer.trainable = not frozen  # frozen BN layers run in inference mode (Keras 3)
+
+    def _loss(self, labels, logits):
+        logits = tf.cast(logits, tf.float32)
+        if self.one_hot:
+            per_example = keras.losses.categorical_crossentropy(
+                labels, logits, from_logits=True, label_smoothing=self.config.optimizer.label_smoothing)
+        else:
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return per_example
+
+    @staticmethod
+    def _sparse_labels(labels):
+        """Class ids from sparse or (smoothed / mixed) one-hot labels."""
+        return tf.argmax(labels, axis=-1, output_type=tf.int32) if labels.shape.rank == 2 else tf.cast(labels, tf.int32)
+
+    def _correct(self, labels, logits):
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return tf.cast(tf.equal(predicted, self._sparse_labels(labels)), tf.float32)
+
+    def train_step_fn(self, stage: Stage):
+        """The per-replica step: forward, loss (float32), backward, update. XLA-compilable."""
+        variables = self._trainable_variables(stage)
+        weight_decay = self.config.optimizer.weight_decay if self.config.optimizer.name != "adamw" else 0.0
+        global_batch = self.config.run.batch_size
+
+        def step(images, labels):
+            with tf.GradientTape() as tape:
+                logits = self.model(images, training=True)
+                per_example = self._loss(labels, logits)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                loss += l2_loss(variables, weight_decay) / self.replicas
+                scaled = self.optimizer.scale_loss(loss) if hasattr(self.optimizer, "scale_loss") else loss
+            grads = tape.gradient(scaled, variables)
+            self.optimizer.apply(grads, variables)
+            batch_loss = tf.reduce_sum(per_example) / global_batch
+            return batch_loss, tf.reduce_sum(self._correct(labels, logits))
+
+        return tf.function(step, jit_compile=self.jit_compile)
+
+    def _train_loop_fn(self, stage: Stage):
+        key = (stage.index, stage.image_size, stage.dropout_rate, stage.frozen)
+        if key in self._train_fns:
+            return self._train_fns[key]
+        step = self.train_step_fn(stage)
+        strategy = self.strategy
+        ema = self.ema
+
+        @tf.function
+        def loop(iterator, steps):
+            loss_sum, correct_sum = tf.constant(0.0), tf.constant(0.0)
+            for _ in tf.range(steps):
+                loss, correct = strategy.run(step, args=next(iterator))
+                loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+                correct_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+                if ema is not None:
+                    ema.update()
+            return loss_sum, correct_sum
+
+        self._train_fns[key] = loop
+        return loop
+
+    # ------------------------------------------------------------------ public
+
+    def train_on_batch(self, images, labels, stage: Stage | None = None) -> tuple[float, float]:
+        """One step on one global batch, split over the replicas: (mean loss, correct count)."""
+        stage = stage or self.stages[0]
+        dist = self.strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((images, labels)))
+        loss, correct = self._train_loop_fn(stage)(iter(dist), tf.constant(1))
+        return float(loss), float(correct)
+
+    def restore_for_eval(self) -> bool:
+        """Load the newest checkpoint (for evaluation/export); False when there is none."""
+        return self._restore() > 0
+
+    def fit(self, validate: bool = True) -> dict | None:
+        """Train all stages (resuming from the last checkpoint); with `validate`, evaluate every
+        epoch and return the final eval report (also written to model_dir/eval_report.json)."""
+        config = self.config
+        if self.chief:
+            os.makedirs(self.run_dir.path, exist_ok=True)
+            self._write_run_info()
+        start_epoch = self._restore()
+        history = [r for r in self.run_dir.read_history() if int(r["epoch"]) < start_epoch]
+        if self.chief:
+            self.run_dir.write_history(history)
+        writer = tf.summary.create_file_writer(self.run_dir.logs) if self.chief else None
+        source = self.source
+        self._print(f"{config.model.name} on {config.data.dataset}: {source.num_train} train / {source.num_eval} eval "
+                    f"images, {source.num_classes} classes; {self.replicas} replica(s) on {self.device}, policy "
+                    f"{self.policy}, batch {config.run.batch_size}, {self.steps_per_epoch} steps/epoch, BN momentum "
+                    f"{self.bn_momentum:.3f}, XLA {'on' if self.jit_compile else 'off'}")
+        split = getattr(self.source, "split_description", "")
+        if split:
+            self._print(f"data: {split}")
+        self._print(f"image size: train {self.stages[-1].image_size}"
+                    + (f" (stages {', '.join(str(s.image_size) for s in self.stages)})" if len(self.stages) > 1 else "")
+                    + f", eval/export {self.image_size}")
+        warmup, decay = config.schedule_epochs()
+        optimizer = config.optimizer
+        decay_text = f", x{optimizer.lr_decay_rate:g} every {decay:.3g} epochs"
+        self._print(f"LR {self.base_lr:.3g} peak ({optimizer.learning_rate:g} per 256), {optimizer.lr_schedule} "
+                    f"schedule, warmup {warmup:.3g} epochs" + (decay_text if optimizer.lr_schedule == "exponential" else ""))
+        if start_epoch:
+            self._print(f"resuming from {self.resumed_from}: epoch {start_epoch + 1} of {config.run.epochs}")
+        for stage in self.stages:
+            if stage.end_epoch <= start_epoch:
+                continue
+            self._enter_stage(stage)
+            for epoch in range(max(stage.first_epoch, start_epoch), stage.end_epoch):
+                row = self._train_epoch(stage, epoch, validate)
+                history.append(row)
+                self.epoch.assign(epoch + 1)
+                self._save_epoch(history, row, writer)
+        if not validate:
+            if self.chief:
+                self.save_plots()
+            self._cleanup_worker_dir()
+            return None
+        report = self.evaluate(confusion=True)
+        confusion = report.pop("confusion_matrix")
+        if self.chief:
+            self.run_dir.write_eval_report(report, confusion)
+            self._print(f"final eval ({'EMA weights' if self.ema else 'weights'}): top-1 {report['top1']:.4f}, "
+                        f"top-5 {report['top5']:.4f}, loss {report['loss']:.4f}, {report['images_per_sec']:.1f} images/s")
+            written = self.save_plots(confusion)
+            if written:
+                self._print(f"plots: {', '.join(os.path.basename(p) for p in written)} in {self.run_dir.path}")
+        self._cleanup_worker_dir()
+        return report
+
+    def augmented_batch(self, count: int = 32, stage: Stage | None = None):
+        """(images, labels) exactly as the training pipeline feeds them (first stage by default)."""
+        return augmented_batch(self.source, self._pipeline(stage or self.stages[0], True), count)
+
+    def save_plots(self, confusion: np.ndarray | None = None) -> list[str]:
+        """History, LR schedule, progressive stages, confusion matrix and augmented images as PNGs."""
+        from efficientnet_tf import plots
+
+        try:
+            return self._draw_plots(plots, confusion)
+        except (OSError, ValueError, RuntimeError) as err:  # a figure must not fail a finished run
+            log.warning("plots not written (%s: %s)", type(err).__name__, err)
+            return []
+
+    def _draw_plots(self, plots, confusion):
+        return plots.save_run_plots(
+            self.run_dir.path, schedule=self.schedule, total_steps=self.steps_per_epoch * self.config.run.epochs,
+            steps_per_epoch=self.steps_per_epoch, confusion=confusion, class_names=self.source.class_names,
+            augmented=self.augmented_batch())
+
+    def _write_run_info(self) -> None:
+        self.run_dir.write_info(run_info(
+            self.config,
+            num_classes=self.source.num_classes,
+            class_names=list(self.source.class_names),
+            image_size=self.image_size,  # evaluation and export size
+            train_image_size=self.stages[-1].image_size,  # the last training stage's size
+            split=getattr(self.source, "split_description", ""),
+            steps_per_epoch=self.steps_per_epoch,
+            base_lr=self.base_lr,
+        ))
+
+    def _restore(self) -> int:
+        """Resume from the newest readable checkpoint of the chief (every worker reads it)."""
+        state = tf.train.get_checkpoint_state(self.run_dir.checkpoints)
+        if state is None:
+            return 0
+        candidates = list(reversed(state.all_model_checkpoint_paths)) or [state.model_checkpoint_path]
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (tf.errors.OpError, ValueError, AssertionError) as err:
+                log.warning("checkpoint %s is unreadable (%s); trying an older one", path, type(err).__name__)
+                continue
+            self.resumed_from = path
+            return int(self.epoch.numpy())
+        raise UnreadableCheckpoints(f"no readable checkpoint in {self.run_dir.checkpoints}; move that directory "
+                                    "away to start afresh")
+
+    def _enter_stage(self, stage: Stage) -> None:
+        if len(self.stages) > 1:
+            self._print(f"stage {stage.index + 1}/{len(self.stages)}: epochs {stage.first_epoch + 1}-{stage.end_epoch}, "
+                        f"image size {stage.image_size}, dropout {stage.dropout_rate:.3f}, "
+                        f"RandAugment magnitude {stage.randaug_magnitude:.1f}, mixup {stage.mixup_alpha:.2f}"
+                        + (", backbone frozen" if stage.frozen else "") + (f", LR x{stage.lr_scale:g}" if stage.lr_scale != 1 else ""))
+        self._set_frozen(stage.frozen)
+        self.lr_scale.assign(stage.lr_scale)
+        try:
+            self.model.get_layer("top_dropout").rate = stage.dropout_rate
+        except ValueError:
+            pass  # dropout 0: no layer
+
+    def _train_epoch(self, stage: Stage, epoch: int, validate: bool) -> dict:
+        dataset = distributed_dataset(self.strategy, self.source, self._pipeline(stage, True), training=True,
+                                      epoch=epoch, repeat=True)
+        iterator = iter(dataset)
+        loop = self._train_loop_fn(stage)
+        progress = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "images/s"],
+                                       verbose=1 if (self.verbose and self.chief) else 0)
+        self._print(f"Epoch {epoch + 1}/{self.config.run.epochs}")
+        done, loss_sum, correct_sum = 0, 0.0, 0.0
+        start = time.perf_counter()
+        while done < self.steps_per_epoch:
+            steps = min(self.config.run.steps_per_loop, self.steps_per_epoch - done)
+            loss, correct = loop(iterator, tf.constant(steps))
+            loss_sum, correct_sum, done = loss_sum + float(loss), correct_sum + float(correct), done + steps
+            if not math.isfinite(loss_sum):
+                raise TrainingDiverged(
+                    f"loss became {loss_sum} at epoch {epoch + 1}, step {done}: training stopped; the last good "
+                    f"checkpoint ({self.manager.latest_checkpoint or 'none yet'}) is kept. Lower learning_rate "
+                    f"or check the data")
+            seen = done * self.config.run.batch_size
+            progress.update(done, [("loss", loss_sum / done), ("accuracy", correct_sum / seen),
+                                   ("images/s", seen / (time.perf_counter() - start))])
+        elapsed = time.perf_counter() - start
+        # Validation at the evaluation size, like the final report: what the exported model will see.
+        val = self.evaluate() if validate else {"top1": float("nan"), "loss": float("nan")}
+        row = {
+            "epoch": epoch,
+            "accuracy": round(correct_sum / (done * self.config.run.batch_size), 6),
+            "loss": round(loss_sum / done, 6),
+            "val_accuracy": round(val["top1"], 6),
+            "val_loss": round(val["loss"], 6),
+            "lr": self._last_step_lr(),
+            "stage": stage.index,
+            "image_size": stage.image_size,
+            "dropout_rate": round(stage.dropout_rate, 4),
+            "randaug_magnitude": round(stage.randaug_magnitude, 3),
+            "mixup_alpha": round(stage.mixup_alpha, 4),
+            "images_per_sec": round(done * self.config.run.batch_size / elapsed, 1),
+        }
+        self._print(f"epoch {epoch + 1}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
+                    f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} lr {row['lr']:.3g} "
+                    f"({row['images_per_sec']:.0f} images/s)")
+        return row
+
+    def _last_step_lr(self) -> float:
+        """The LR the epoch's last optimizer step used (the counter already points past it)."""
+        last_step = tf.maximum(self._optimizer_steps() - 1, 0)
+        return float(self.schedule(last_step) * self.lr_scale)
+
+    def _save_epoch(self, history, row, writer) -> None:
+        # Every worker saves (collectives); only the chief's directory is kept.
+        self.manager.save(checkpoint_number=int(row["epoch"]) + 1)
+        if not self.chief:
+            return
+        self.run_dir.write_history(history)
+        with writer.as_default(step=int(row["epoch"])):
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "image_size"):
+                tf.summary.scalar(key, float(row[key]))
+        writer.flush()
+
+    def _cleanup_worker_dir(self) -> None:
+        if not self.chief:
+            shutil.rmtree(os.path.dirname(self.checkpoint_dir), ignore_errors=True)
+
+    def evaluate(self, image_size: int | None = None, confusion: bool = False) -> dict:
+        """Top-1/top-5/loss on the eval split at `image_size` (default: the run's evaluation size),
+        with the EMA weights when the run keeps them; with `confusion`, also the confusion matrix
+        (rows: true class) as a numpy array."""
+        size = image_size or self.image_size
+        stage = dataclasses.replace(self.stages[-1], image_size=size)
+        # Full batches padded with zero-weight examples: static shapes (TPU), the same number of
+        # steps on every worker (collectives), no empty replica batch, every example counted once.
+        dataset = distributed_dataset(self.strategy, self.source, self._pipeline(stage, False), training=False)
+        if confusion not in self._eval_fns:
+            self._eval_fns[confusion] = self._make_eval_fn(confusion)
+        eval_fn = self._eval_fns[confusion]
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            totals = np.zeros(4)
+            matrix = np.zeros((self.source.num_classes,) * 2, dtype=np.int64) if confusion else None
+            start = time.perf_counter()
+            for images, labels, weights in dataset:
+                results = eval_fn(images, labels, weights)
+                totals += np.array([float(t) for t in results[:4]])
+                if confusion:
+                    matrix += results[4].numpy().astype(np.int64)
+            elapsed = time.perf_counter() - start
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
+        loss, top1, top5, count = totals
+        count = max(count, 1.0)
+        report = {"top1": top1 / count, "top5": top5 / count, "loss": loss / count, "images": int(count),
+                  "images_per_sec": count / max(elapsed, 1e-9)}
+        if confusion:
+            report["confusion_matrix"] = matrix
+        return report
+
+    def _make_eval_fn(self, confusion: bool):
+        strategy, k, num_classes = self.strategy, min(5, self.source.num_classes), self.source.num_classes
+
+        def step(images, labels, weights):
+            logits = tf.cast(self.model(images, training=False), tf.float32)
+            sparse = self._sparse_labels(labels)
+            per_example = keras.losses.sparse_categorical_crossentropy(sparse, logits, from_logits=True)
+            top1 = self._correct(sparse, logits)
+            top5 = tf.cast(tf.math.in_top_k(sparse, logits, k), tf.float32)
+            results = [tf.reduce_sum(per_example * weights), tf.reduce_sum(top1 * weights),
+                       tf.reduce_sum(top5 * weights), tf.reduce_sum(weights)]
+            if confusion:
+                predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+                results.append(tf.math.confusion_matrix(sparse, predicted, num_classes, weights=weights, dtype=tf.float32))
+            return results
+
+        @tf.function
+        def run(images, labels, weights):
+            results = strategy.run(step, args=(images, labels, weights))
+            return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
+
+        return run
+
+
+def train(config: TrainConfig, verbose: bool = True) -> dict:
+    """Train `config` (resuming its model_dir) and return the final evaluation report."""
+    return Trainer(config, verbose=verbose).fit()

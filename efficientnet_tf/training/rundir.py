@@ -1,0 +1,140 @@
+"""The run directory: the one place that names and writes what a training run keeps.
+
+    MODEL_DIR/
+      run.json            what the run is: model, dataset, classes, sizes, the full config
+      history.csv         one row per finished epoch (HISTORY_COLUMNS)
+      checkpoints/        tf.train checkpoints, one per epoch (the newest `keep_checkpoints`)
+      logs/               TensorBoard summaries
+      eval_report.json    the final evaluation; confusion_matrix.npy beside it
+      *.png               plots (see `efficientnet_tf.plots`)
+      export/             SavedModel and TFLite files (deploy.export)
+
+Every file is written atomically (`efficientnet_tf.files`): an interrupted run leaves the
+previous version of each file, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+
+import numpy as np
+
+from efficientnet_tf.files import atomic_write
+from efficientnet_tf.training.config import TrainConfig
+
+RUN_JSON = "run.json"
+HISTORY_CSV = "history.csv"
+EVAL_REPORT_JSON = "eval_report.json"
+CONFUSION_NPY = "confusion_matrix.npy"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+EXPORT = "export"
+HISTORY_PNG = "history.png"
+LR_PNG = "lr_schedule.png"
+PROGRESSIVE_PNG = "progressive.png"
+CONFUSION_PNG = "confusion_matrix.png"
+AUGMENTED_PNG = "augmented_images.png"
+HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss", "lr",
+                   "stage", "image_size", "dropout_rate", "randaug_magnitude", "mixup_alpha", "images_per_sec")
+# Flat names a run.json written before the nested config used, where they differ from today's.
+_RENAMED_SETTINGS = {"progressive_stages": "progressive"}
+
+
+class NotARunError(FileNotFoundError):
+    """The directory holds no run.json: nothing was trained there."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """Paths in one run directory, and the reading and writing of its files."""
+
+    path: str
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def checkpoints(self) -> str:
+        return self.file(CHECKPOINTS)
+
+    @property
+    def logs(self) -> str:
+        return self.file(LOGS)
+
+    @property
+    def export(self) -> str:
+        return self.file(EXPORT)
+
+    def worker_checkpoints(self, task_type: str, task_id: int) -> str:
+        """Where a non-chief worker saves (it must, for the collectives) and later deletes."""
+        return os.path.join(self.path, f".worker_{task_type}_{task_id}", CHECKPOINTS)
+
+    # ------------------------------------------------------------------ run.json
+
+    def write_info(self, info: dict) -> None:
+        atomic_write(self.file(RUN_JSON), json.dumps(info, indent=2) + "\n")
+
+    def read_info(self) -> dict:
+        path = self.file(RUN_JSON)
+        if not os.path.exists(path):
+            raise NotARunError(f"{path} not found: {self.path} is not a training run directory (train first)")
+        with open(path, encoding="utf8") as f:
+            return json.load(f)
+
+    # ------------------------------------------------------------------ history.csv
+
+    def read_history(self) -> list[dict]:
+        path = self.file(HISTORY_CSV)
+        if not os.path.exists(path):
+            return []
+        with open(path, newline="", encoding="utf8") as f:
+            return list(csv.DictReader(f))
+
+    def write_history(self, rows: list[dict]) -> None:
+        lines = [",".join(HISTORY_COLUMNS)]
+        lines += [",".join(str(row.get(column, "")) for column in HISTORY_COLUMNS) for row in rows]
+        atomic_write(self.file(HISTORY_CSV), "\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def write_eval_report(self, report: dict, confusion: np.ndarray | None = None) -> None:
+        atomic_write(self.file(EVAL_REPORT_JSON), json.dumps(report, indent=2) + "\n")
+        if confusion is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, confusion)
+            atomic_write(self.file(CONFUSION_NPY), buffer.getvalue())
+
+    def read_confusion(self) -> np.ndarray | None:
+        path = self.file(CONFUSION_NPY)
+        return np.load(path) if os.path.exists(path) else None
+
+
+def read_history(model_dir: str) -> list[dict]:
+    """The rows of a run's history.csv (strings, as written); [] before the first epoch."""
+    return RunDir(model_dir).read_history()
+
+
+def run_info(config: TrainConfig, **resolved) -> dict:
+    """The run.json contents: `resolved` values (classes, sizes, steps) and the full config."""
+    run = dataclasses.replace(config.run, model_dir=config.model_dir)
+    return {"model": config.model.name, "dataset": config.data.dataset, **resolved,
+            "config": dataclasses.asdict(dataclasses.replace(config, run=run))}
+
+
+def load_run(model_dir: str) -> tuple[TrainConfig, dict]:
+    """The TrainConfig a run was started with (from its run.json) and the run info.
+
+    Reads the nested config of this version and the flat one of runs started before it."""
+    info = RunDir(model_dir).read_info()
+    stored = info["config"]
+    if "run" in stored:
+        config = TrainConfig.from_dict(stored)
+    else:
+        known = set(TrainConfig().settings())
+        flat = {_RENAMED_SETTINGS.get(k, k): v for k, v in stored.items()}
+        config = TrainConfig.from_settings(**{k: v for k, v in flat.items() if k in known})
+    return config.replace(model_dir=model_dir), info

@@ -1,0 +1,193 @@
+"""The package's shape: imports point one way, config modules stay free of TensorFlow, one
+source of truth for settings, old module paths still import."""
+
+import ast
+import dataclasses
+import importlib
+import json
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "efficientnet_tf"
+ROOT = PACKAGE.parent
+LAYERS = ("models", "data", "training", "deploy")  # each may import only itself and the ones before it
+BASE = {"efficientnet_tf", "efficientnet_tf._lazy", "efficientnet_tf.files", "efficientnet_tf.settings"}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Every efficientnet_tf module `path` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("efficientnet_tf"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if (ROOT / candidate.replace(".", "/")).with_suffix(".py").exists() else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("efficientnet_tf")}
+    return found
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"efficientnet_tf"}))  # the root re-exports the API
+def test_imports_point_down(module):
+    own = _layer(module)
+    for target in _imports(MODULES[module]) - BASE - {module}:
+        if module == "efficientnet_tf.plots":
+            assert target in ("efficientnet_tf.training.rundir",), f"plots imports {target}: only the run directory"
+            continue
+        if target == "efficientnet_tf.plots":  # drawn at the end of training, and by replot
+            assert module in ("efficientnet_tf.training.loop", "efficientnet_tf.training.report"), module
+            continue
+        target_layer = _layer(target)
+        assert own is not None and target_layer is not None, f"{module} imports {target}"
+        assert target_layer <= own, f"{module} ({LAYERS[own]}) imports {target} ({LAYERS[target_layer]}): upward"
+
+
+def test_deploy_does_not_import_the_training_loop():
+    for module, path in MODULES.items():
+        if module.startswith("efficientnet_tf.deploy"):
+            assert "efficientnet_tf.training.loop" not in _imports(path), module
+
+
+def test_a_saved_keras_model_loads_after_importing_the_package(tmp_path):
+    """Names are imported lazily, but the custom layers register with `import efficientnet_tf`."""
+    from efficientnet_tf import build_model
+
+    model = build_model("efficientnet-b0", num_classes=3, input_shape=(32, 32, 3))
+    model.save(tmp_path / "b0.keras")
+    code = ("import efficientnet_tf, keras, numpy as np; "
+            f"m = keras.models.load_model({str(tmp_path / 'b0.keras')!r}); "
+            "print(m.name, m.predict(np.zeros((1, 32, 32, 3)), verbose=0).shape)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["efficientnet-b0", "(1,", "3)"]
+
+
+def test_atomic_writes_have_one_implementation():
+    """os.replace (the atomic rename) appears only in files.py."""
+    users = [m for m, p in MODULES.items() if "os.replace(" in p.read_text()]
+    assert users == ["efficientnet_tf.files"], users
+
+
+def _docstrings(tree) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def test_library_messages_do_not_name_cli_flags():
+    """The library is used without absl: its messages name parameters; main.py adds flag spellings.
+    (The one exception is TFDS's own command line, `tfds build NAME --data_dir=DIR`.)"""
+    import re
+
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        docstrings = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                text = node.value.replace("--data_dir=DIR", "")
+                assert not re.search(r"(?<![\w-])--[a-z][a-z_]+", text), (module, node.value)
+
+
+def test_every_setting_is_a_flag_with_the_declared_default_and_choices():
+    """main.py restates nothing: each flag's default, help and choices come from the config."""
+    from absl import flags
+
+    import main
+    from efficientnet_tf.deploy.config import ExportConfig
+    from efficientnet_tf.settings import settings_of
+    from efficientnet_tf.training.config import TrainConfig
+
+    for config_class in (TrainConfig, ExportConfig):
+        for setting in settings_of(config_class):
+            flag = main.FLAGS[setting.name]
+            default = list(setting.default) if setting.kind is tuple else setting.default
+            assert flag.default == default, setting.name
+            assert setting.help in flag.help, setting.name
+            if setting.choices and setting.kind is str:
+                assert isinstance(flag, flags.EnumFlag) or isinstance(flag.parser, flags.EnumParser)
+                assert tuple(flag.parser.enum_values) == setting.choices, setting.name
+    defined_by_hand = [call.args[0].value for call in ast.walk(ast.parse((ROOT / "main.py").read_text()))
+                       if isinstance(call, ast.Call) and getattr(call.func, "attr", "").startswith("DEFINE_")
+                       and call.args and isinstance(call.args[0], ast.Constant)]
+    declared = {s.name for c in (TrainConfig, ExportConfig) for s in settings_of(c)}
+    assert set(defined_by_hand) & declared == set(), "main.py defines a config setting by hand"
+    assert set(defined_by_hand) <= {"mode", "dry_run", "saved_model", "image", "skip_bad_images", "tf_log_level"}
+
+
+def test_flat_settings_round_trip_and_reject_unknown_names():
+    from efficientnet_tf.settings import SettingError
+    from efficientnet_tf.training.config import TrainConfig
+
+    config = TrainConfig.from_settings(model="efficientnet-lite0", epochs=7, progressive=3, mixup_alpha=0.2)
+    assert (config.model.name, config.run.epochs, config.progressive.stages, config.augment.mixup_alpha) == (
+        "efficientnet-lite0", 7, 3, 0.2)
+    assert TrainConfig.from_settings(**config.settings()) == config
+    assert TrainConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(config)))) == config
+    assert config.replace(epochs=9).run.epochs == 9 and config.run.epochs == 7
+    with pytest.raises(SettingError, match="unknown setting.*epoch_count"):
+        TrainConfig.from_settings(epoch_count=3)
+
+
+def test_old_module_paths_still_import_with_a_warning():
+    from efficientnet_tf.training.loop import Trainer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("efficientnet_tf.trainer")
+        assert old.Trainer is Trainer
+        from efficientnet_tf.input_pipeline import PipelineConfig  # the README's snippet before the move
+        from efficientnet_tf.data.pipeline import PipelineConfig as new
+
+        assert PipelineConfig is new
+    moved = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert any("efficientnet_tf.trainer moved to efficientnet_tf.training.loop" in m for m in moved), moved
+    assert importlib.import_module("efficientnet_tf.data.pipeline").__spec__.name == "efficientnet_tf.data.pipeline"
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("efficientnet_tf.no_such_module")
+
+
+def test_docs_are_in_the_repository_and_code_points_nowhere_outside():
+    assert (ROOT / "docs" / "models.md").exists() and (ROOT / "docs" / "training.md").exists()
+    for path in list(PACKAGE.rglob("*.py")) + list(ROOT.glob("*.md")) + list((ROOT / "docs").glob("*.md")):
+        text = path.read_text()
+        assert "reference.md" not in text and "../shared" not in text, path
+
+
+def test_run_json_of_the_flat_config_version_still_loads(tmp_path):
+    """run.json written before the nested config (0.1, a real file from that version): every
+    setting it stored comes back under its section."""
+    import shutil
+
+    from efficientnet_tf.training.rundir import load_run
+
+    shutil.copy(pathlib.Path(__file__).parent / "data" / "run_json_v0.1_flat_config.json", tmp_path / "run.json")
+    stored = json.loads((tmp_path / "run.json").read_text())["config"]
+    config, info = load_run(str(tmp_path))
+    settings = config.settings()
+    renamed = {"progressive_stages": "progressive"}
+    for key, value in stored.items():
+        if key != "model_dir":
+            assert settings[renamed.get(key, key)] == value, key
+    assert config.model_dir == str(tmp_path) and info["image_size"] == 48
+    assert config.progressive.stages == 2 and config.augment.mixup_alpha == 0.2
