@@ -78,14 +78,19 @@ def _below_level(line: str, level: int) -> bool:
 
 
 def early_flag_value(argv, name: str) -> str | None:
-    """`--name=value` or `--name value` from the raw command line, before absl parses it (a
-    flagfile is not read here)."""
+    """The last `--name=value` or `--name value` of the command line (flagfiles expanded), before
+    absl parses it; None when absent or when a flagfile cannot be read (absl reports that later)."""
+    try:
+        argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
+    except Exception:  # noqa: BLE001  (a bad flagfile is absl's to report, with its own message)
+        return None
+    value = None
     for i, arg in enumerate(argv):
         if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
 
 
 if __name__ == "__main__":  # before the package below imports Keras, so TensorFlow's startup lines are filtered
@@ -114,9 +119,10 @@ def define_setting_flags(config_class) -> None:
             if setting.choices:
                 help_text = f"{help_text} Comma-separated, from: {', '.join(setting.choices)}."
             flags.DEFINE_list(setting.name, list(setting.default), help_text)
-        elif setting.choices:
-            flags.DEFINE_enum(setting.name, setting.default, list(setting.choices), help_text)
         else:
+            # Choices are checked by the config (one error line, like every other bad value), not by absl.
+            if setting.choices:
+                help_text = f"{help_text} One of: {', '.join(setting.choices)}."
             flags.DEFINE_string(setting.name, setting.default, help_text)
 
 
@@ -230,13 +236,10 @@ def run_export() -> None:
 
     settings = export_config()
     settings.validate()
-    model_dir = _existing_model_dir()
-    formats = settings.tflite
-    report = export_run(model_dir, settings.export_dir, formats, integer_io=settings.int8_io,
-                        check_images=settings.check_images or None)
+    report = export_run(_existing_model_dir(), config=settings)
     print(f"SavedModel: {os.path.join(report['export_dir'], 'saved_model')} "
           f"({report['saved_model_bytes'] / 1e6:.1f} MB, {'EMA' if report['ema'] else 'raw'} weights of {report['checkpoint']})")
-    if formats:
+    if settings.tflite:
         print(format_report(report["tflite"]))
     print(f"report: {os.path.join(report['export_dir'], 'export_report.json')}")
 
@@ -294,7 +297,7 @@ def main(argv) -> int:
     import_tensorflow_quietly(tf_log_level(FLAGS.tf_log_level))
     quiet_python_logging()
 
-    from efficientnet_tf.training.loop import UnreadableCheckpoints
+    from efficientnet_tf.training.errors import TrainingDiverged, UnreadableCheckpoints
 
     try:
         if FLAGS.mode == "summary":
@@ -309,7 +312,7 @@ def main(argv) -> int:
             run_predict(extra)
         else:
             run_training(validate=FLAGS.mode == "train_and_eval")
-    except SettingError as err:  # the library names the setting; say it as this command line spells it
+    except (SettingError, TrainingDiverged) as err:  # the library names the setting; say it as a flag
         print(f"error: {flag_spelling(err.setting)}: {err}", file=sys.stderr)
         return 2
     except (ValueError, OSError, UnreadableCheckpoints) as err:

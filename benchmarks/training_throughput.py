@@ -114,7 +114,7 @@ def breakdown(args) -> int:
     import tensorflow as tf
 
     from efficientnet_tf import build_efficientnet, get_config
-    from efficientnet_tf.models.builder import custom_config
+    from efficientnet_tf.models.configs import custom_config
 
     base = get_config("efficientnet-b0")
     no_se = [s.replace("_se0.25", "") for s in base.block_strings]

@@ -42,41 +42,52 @@ _EXPORTS = {
     "round_repeats": "models.builder",
 }
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
-# Module paths before the subpackages (0.1): still importable, with a DeprecationWarning.
+# Module paths before the subpackages (0.1): still importable, with a FutureWarning. Each old
+# module forwards to the new modules that now hold its names (first match wins); renamed names too.
 MOVED_MODULES = {
-    "block_args": "models.block_args",
-    "configs": "models.configs",
-    "layers": "models.layers",
-    "builder": "models.builder",
-    "weights": "models.weights",
-    "flops": "models.flops",
-    "input_pipeline": "data.pipeline",
-    "augment": "data.augment",
-    "image_io": "data.image_io",
-    "pixels": "data.pixels",
-    "optim": "training.optim",
-    "distribute": "training.distribute",
-    "trainer": "training.loop",
-    "export": "deploy.export",
-    "predict": "deploy.predict",
+    "block_args": ("models.block_args",),
+    "configs": ("models.configs",),
+    "layers": ("models.layers",),
+    "builder": ("models.builder", "models.configs"),
+    "weights": ("models.weights",),
+    "flops": ("models.flops",),
+    "input_pipeline": ("data.pipeline", "data.config"),
+    "augment": ("data.augment", "data.config"),
+    "image_io": ("data.image_io",),
+    "pixels": ("data.pixels",),
+    "optim": ("training.optim", "training.config"),
+    "distribute": ("training.distribute", "training.config"),
+    "trainer": ("training.loop", "training.config", "training.stages", "training.ema", "training.rundir",
+                "training.report", "training.errors", "files"),
+    "export": ("deploy.export", "deploy.serving", "deploy.config", "files"),
+    "predict": ("deploy.predict",),
 }
+RENAMED = {"load_run_config": "load_run"}
 
 
 class _MovedModuleLoader(importlib.abc.Loader):
-    def __init__(self, target: str):
-        self.target = target
+    def __init__(self, targets: tuple[str, ...]):
+        self.targets = tuple(f"{__name__}.{target}" for target in targets)
 
     def create_module(self, spec):
-        return None  # a fresh module that forwards to the new one (the new one keeps its own __spec__)
+        return None  # a fresh module that forwards to the new ones (they keep their own __spec__)
 
     def exec_module(self, module):
-        warnings.warn(f"{module.__name__} moved to {self.target}; import it from there",
-                      DeprecationWarning, stacklevel=2)
-        target = importlib.import_module(self.target)
-        module.__getattr__ = lambda name: getattr(target, name)
-        module.__dir__ = lambda: dir(target)
+        warnings.warn(f"{module.__name__} moved to {self.targets[0]} (see the README's Development section)",
+                      FutureWarning, stacklevel=2)
+        targets = [importlib.import_module(target) for target in self.targets]
+
+        def forward(name):
+            for target in targets:
+                if hasattr(target, RENAMED.get(name, name)):
+                    return getattr(target, RENAMED.get(name, name))
+            raise AttributeError(f"module {module.__name__!r} has no attribute {name!r} (it moved to "
+                                 f"{', '.join(self.targets)}; not there either)")
+
+        module.__getattr__ = forward
+        module.__dir__ = lambda: sorted({n for target in targets for n in dir(target)})
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder):
@@ -86,7 +97,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder):
         package, _, name = fullname.rpartition(".")
         if package != __name__ or name not in MOVED_MODULES:
             return None
-        return importlib.util.spec_from_loader(fullname, _MovedModuleLoader(f"{__name__}.{MOVED_MODULES[name]}"))
+        return importlib.util.spec_from_loader(fullname, _MovedModuleLoader(MOVED_MODULES[name]))
 
 
 if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):

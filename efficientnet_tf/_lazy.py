@@ -9,16 +9,21 @@ from __future__ import annotations
 import importlib
 
 
-def lazy_exports(package: str, exports: dict[str, str]):
-    """`__getattr__` and `__dir__` for `package`, whose attribute NAME lives in submodule
-    `exports[NAME]` (relative to the package)."""
+def lazy_exports(package: str, exports: dict[str, str], namespace: dict, fallback: tuple[str, ...] = ()):
+    """`__getattr__` and `__dir__` for `package` (whose globals are `namespace`): attribute NAME
+    lives in submodule `exports[NAME]` (relative to the package); other names are looked up in
+    the `fallback` submodules, in order."""
 
     def __getattr__(name: str):
-        if name not in exports:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        if name in exports:
+            return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        for module in fallback:
+            loaded = importlib.import_module(f"{package}.{module}")
+            if hasattr(loaded, name):
+                return getattr(loaded, name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__():
-        return sorted(exports)
+        return sorted(set(namespace) | set(exports))
 
     return __getattr__, __dir__

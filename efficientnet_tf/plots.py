@@ -8,7 +8,6 @@ it as PNG, and returns it so callers and tests can read the plotted data back.
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from efficientnet_tf.training.rundir import (
     LR_PNG,
     PROGRESSIVE_PNG,
     RunDir,
+    read_history_csv,
 )
 
 DPI = 100
@@ -42,13 +42,10 @@ def load_history(history) -> dict[str, np.ndarray]:
         columns = {k: list(v) for k, v in history.items()}
     elif isinstance(history, (str, os.PathLike)):
         path = os.fspath(history)
-        if os.path.isdir(path):
-            path = os.path.join(path, HISTORY_CSV)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no history at {path}: train first, or pass a history.csv")
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        columns = _rows_to_columns(rows)
+        csv_path = os.path.join(path, HISTORY_CSV) if os.path.isdir(path) else path
+        if not os.path.exists(csv_path):
+            raise FileNotFoundError(f"no history at {csv_path}: train first, or pass a history.csv")
+        columns = _rows_to_columns(read_history_csv(csv_path))
     elif isinstance(history, Sequence):
         columns = _rows_to_columns(history)
     else:

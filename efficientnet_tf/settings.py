@@ -9,6 +9,7 @@ which is what the command line calls it (`--learning_rate`) and what `from_setti
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -78,12 +79,28 @@ def settings_of(config_class, path: tuple[str, ...] = ()) -> list[Setting]:
     return found
 
 
+def check_choices(config) -> None:
+    """`SettingError` for the first leaf of `config` whose value is not among its declared choices
+    (each element, for a tuple setting)."""
+    for s in settings_of(type(config)):
+        if not s.choices:
+            continue
+        value = config
+        for part in s.path:
+            value = getattr(value, part)
+        for item in (value if s.kind is tuple else (value,)):
+            if item not in s.choices:
+                raise SettingError(s.name, f"unknown {s.name} {item!r}; choose from {', '.join(s.choices)}")
+
+
 def from_settings(config_class, values: Mapping[str, Any]):
     """`config_class` with the leaves named in `values` (flat names) set, the rest default."""
     known = {s.name: s for s in settings_of(config_class)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise SettingError(unknown[0], f"unknown setting(s) {', '.join(unknown)} for {config_class.__name__}")
+        close = difflib.get_close_matches(unknown[0], known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SettingError(unknown[0], f"unknown setting(s) {', '.join(unknown)} for {config_class.__name__}{hint}")
     nested: dict = {}
     for name, value in values.items():
         *parents, leaf = known[name].path

@@ -34,7 +34,7 @@ def test_training_run_writes_plots_and_confusion_matrix(tiny_run):
 def exported(tiny_run, tmp_path_factory):
     model_dir, _ = tiny_run
     export_dir = str(tmp_path_factory.mktemp("export") / "out")
-    report = export.export_run(model_dir, export_dir, tflite=["float32", "int8"], calibration_images=32, check_images=64)
+    report = export.export_run(model_dir, export_dir=export_dir, tflite=["float32", "int8"], calibration_images=32, check_images=64)
     return model_dir, export_dir, report
 
 
@@ -121,7 +121,7 @@ def test_bad_export_requests(tmp_path, tiny_run):
         (empty / "run.json").write_text(f.read())
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         export.export_run(str(empty))
-    with pytest.raises(ValueError, match="unknown TFLite format.*'int4'.*float32, float16, dynamic, int8, int16x8"):
+    with pytest.raises(ValueError, match="unknown tflite 'int4'; choose from float32, float16, dynamic, int8, int16x8"):
         export.export_run(tiny_run[0], tflite=["int4"])
 
 
@@ -151,4 +151,4 @@ def test_cli_export_plot_and_predict(tiny_run, tmp_path):
     result = _run_main("--mode=predict", f"--model_dir={model_dir}", f"--image={bad}")
     assert result.returncode == 2 and f"cannot read image {str(bad)!r}" in result.stderr
     result = _run_main("--mode=export", f"--model_dir={model_dir}", "--tflite=int3")
-    assert result.returncode == 2 and "error: --tflite=int3: unknown TFLite format(s) 'int3'" in result.stderr
+    assert result.returncode == 2 and "error: --tflite=int3: unknown tflite 'int3'" in result.stderr

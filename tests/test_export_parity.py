@@ -31,7 +31,8 @@ def _train_and_export(model_dir, **overrides):
     trainer.fit()
     with open(os.path.join(model_dir, "eval_report.json")) as f:
         evaluated = json.load(f)
-    report = export.export_run(model_dir, os.path.join(model_dir, "export"), tflite=["float32"], check_images=None)
+    report = export.export_run(model_dir, export_dir=os.path.join(model_dir, "export"), tflite=["float32"],
+                               check_images=0)
     images, labels = export.pipeline_images(model_dir, 10**9, training=False)
     assert len(labels) == evaluated["images"]
     loaded = tf.saved_model.load(os.path.join(model_dir, "export", "saved_model"))

@@ -96,7 +96,7 @@ def test_run_trains_at_the_training_size_and_records_both(tmp_path):
 
 
 def test_progressive_stages_never_shrink_when_a_first_value_is_above_the_last(caplog):
-    """Defaults on a 32 px dataset: first size 128 > 32 and magnitude 5 > 0 (no RandAugment)."""
+    """Defaults on a 32 px dataset: first size 128 > 32; first magnitude 5 above the last."""
     config = TrainConfig.from_settings(model="efficientnet-b0", dataset="digits", epochs=3, progressive=3)
     with caplog.at_level("WARNING", logger="efficientnet_tf.training"):
         stages = plan_stages(config, 32, 0.2)
@@ -104,6 +104,11 @@ def test_progressive_stages_never_shrink_when_a_first_value_is_above_the_last(ca
     assert [s.randaug_magnitude for s in stages] == [0, 0, 0]
     assert [s.dropout_rate for s in stages] == pytest.approx([0.1, 0.15, 0.2])  # a real ramp is kept
     assert "progressive_min_size=128 is above the last stage's 32" in caplog.text
-    assert "progressive_min_randaug=5 is above the last stage's 0" in caplog.text
+    assert "progressive_min_randaug" not in caplog.text  # RandAugment is off: its magnitude means nothing
     for earlier, later in zip(stages, stages[1:]):
         assert later.image_size >= earlier.image_size and later.randaug_magnitude >= earlier.randaug_magnitude
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="efficientnet_tf.training"):
+        stages = plan_stages(config.replace(randaug_layers=2, randaug_magnitude=3), 32, 0.2)
+    assert [s.randaug_magnitude for s in stages] == [3, 3, 3]
+    assert "progressive_min_randaug=5 is above the last stage's 3" in caplog.text

@@ -371,15 +371,21 @@ def test_trainer_leaves_keras_global_state_as_found(tmp_path, restore_policy):
 
     from efficientnet_tf import build_model
 
+    from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+
     random.seed(123)
     np.random.seed(456)
     python_state, numpy_state = random.getstate(), np.random.get_state()[1].copy()
+    keras_generator = keras.random.SeedGenerator(7)
+    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, keras_generator)
     config = TrainConfig.from_settings(model="efficientnet-lite0", dataset="digits", model_dir=str(tmp_path), epochs=1,
                                        steps_per_epoch=1, batch_size=16, image_size=32, mixed_precision=True, seed=5)
     trainer = Trainer(config, verbose=False)
     assert trainer.model.get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"  # the run's policy (CPU)
     assert keras.mixed_precision.global_policy().name == "float32"
     assert random.getstate() == python_state and np.array_equal(np.random.get_state()[1], numpy_state)
+    assert global_state.get_global_attribute(GLOBAL_SEED_GENERATOR) is keras_generator
 
     # Independent path: the weights a process seeded with keras.utils.set_random_seed(5) builds.
     keras.utils.set_random_seed(5)

@@ -13,4 +13,4 @@ _EXPORTS = {
     "BatchAugmenter": "augment",
 }
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), fallback=("sources",))  # 0.1 names of data.py

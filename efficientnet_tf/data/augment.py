@@ -34,6 +34,7 @@ class BatchAugmenter:
         import keras_cv  # heavy import: only when augmentation is on
 
         self.config = config
+        self.seed = seed
         self.randaug = None
         if config.randaug_layers > 0 and config.randaug_magnitude > 0:
             magnitude = min(config.randaug_magnitude, MAX_MAGNITUDE)
@@ -58,7 +59,9 @@ class BatchAugmenter:
         if self.mixup is not None and self.cutmix is not None:
             # Like timm: each batch gets one of the two, with equal chance.
             batch = tf.cond(
-                tf.random.uniform([]) < 0.5,
+                # An op seed makes the choice repeatable without any global seed (TF combines it
+                # with its default graph seed when none is set).
+                tf.random.uniform([], seed=self.seed) < 0.5,
                 lambda: self.mixup(batch, training=True),
                 lambda: self.cutmix(batch, training=True),
             )

@@ -46,9 +46,6 @@ class DataConfig:
                                f"default), got {self.validation_fraction}")
         if not isinstance(self.label_key, str) or not self.label_key.strip():
             raise SettingError("label_key", f"label_key must be a feature name such as 'label', got {self.label_key!r}")
-        if self.on_bad_image not in ON_BAD_IMAGE:
-            raise SettingError("on_bad_image", f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
-                               f"got {self.on_bad_image!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +58,9 @@ class AugmentConfig:
     cutmix_alpha: float = setting(0.0, "CutMix alpha (0: off).")
 
     def __post_init__(self):
+        self.validate()  # also used alone (a PipelineConfig's augment): fail where it is made
+
+    def validate(self) -> None:
         for field in dataclasses.fields(self):
             if getattr(self, field.name) < 0:
                 raise SettingError(field.name, f"{field.name} must be >= 0, got {getattr(self, field.name)}")

@@ -1,7 +1,7 @@
 """Where images come from: TFDS, a folder of images, scikit-learn's digits, or synthetic.
 
 Every source yields (uint8 RGB image of any size, int32 label) pairs plus its metadata;
-`efficientnet_tf.input_pipeline` turns them into batches for a model.
+`efficientnet_tf.data.pipeline` turns them into batches for a model.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.data import image_io
+from efficientnet_tf.data.config import ON_BAD_IMAGE
 from efficientnet_tf.files import atomic_write
+from efficientnet_tf.settings import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +235,9 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
         seed: picks the held-out images.
         on_bad_image: 'error' or 'skip'.
     """
-    if on_bad_image not in ("error", "skip"):
-        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise SettingError("on_bad_image", f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
+                           f"got {on_bad_image!r}")
     fraction = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
     root = os.path.expanduser(path)
     if not os.path.isdir(root):
@@ -467,7 +470,7 @@ def tfds_source(name: str, data_dir: str | None = None, download: bool = True, *
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # DatasetNotFoundError and friends
-        raise ValueError(f"unknown dataset {name!r}: choose from {available_sources()} "
+        raise SettingError("dataset", f"unknown dataset {name!r}: choose from {available_sources()} "
                          f"({err.__class__.__name__})") from None
     features = builder.info.features
     label = _class_label(features, name, label_key)

@@ -10,4 +10,4 @@ _EXPORTS = {
     "Predictor": "predict", "format_predictions": "predict", "imagenet_class_names": "predict",
 }
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.data.pipeline import PipelineConfig, make_dataset
-from efficientnet_tf.deploy.config import INTEGER_IO, TFLITE_QUANTIZATIONS
+from efficientnet_tf.deploy.config import INTEGER_IO, TFLITE_QUANTIZATIONS, ExportConfig
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
 from efficientnet_tf.files import atomic_write, replace_directory
 from efficientnet_tf.models.builder import build_model, functional_model
@@ -238,36 +238,49 @@ def _take_images(source, image_size: int, seed: int | None, count: int, training
     return images, labels
 
 
-def export_run(model_dir: str, export_dir: str | None = None, tflite: Sequence[str] = (), top_k: int = 5,
-               use_ema: bool = True, integer_io: str = "uint8", calibration_images: int = 200,
-               check_images: int | None = 2000) -> dict:
+def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int = 5, use_ema: bool = True,
+               calibration_images: int = 200, **settings) -> dict:
     """Export a run: `<export_dir>/saved_model/`, `<export_dir>/model_<q>.tflite` and
-    `<export_dir>/export_report.json` (sizes, TFLite agreement with the float model on the first
-    `check_images` of the eval split, None: all of it). The whole directory is built aside and
-    swapped in at the end."""
-    unknown = [q for q in tflite if q not in TFLITE_QUANTIZATIONS]
-    if unknown:
-        raise SettingError("tflite", f"unknown TFLite format(s) {', '.join(map(repr, unknown))}; choose from "
-                           f"{', '.join(TFLITE_QUANTIZATIONS)}")
+    `<export_dir>/export_report.json`. The whole directory is built aside and swapped in at the end.
+
+    Args:
+        model_dir: a training run's directory.
+        config: what to write (`ExportConfig`: export_dir, tflite formats, check_images,
+            int8_io); or give those as keyword `settings`, e.g. `export_run(run, tflite=["int8"])`.
+        top_k: classes each serving signature returns.
+        use_ema: export the EMA weights when the run kept them.
+        calibration_images: training-pipeline images the int8/int16x8 converters calibrate on.
+
+    Returns:
+        The report (also in export_report.json): sizes, and per TFLite file its agreement with
+        the float model on the first `check_images` eval images (0: the whole eval split).
+    """
+    if config is None:
+        config = ExportConfig(**settings)
+    elif settings:
+        raise TypeError("pass either an ExportConfig or keyword settings, not both")
+    config.validate()
+    tflite, check_images = config.tflite, config.check_images or None
     model, info = load_trained_model(model_dir, use_ema=use_ema)
-    export_dir = export_dir or RunDir(model_dir).export
+    export_dir = config.export_dir or RunDir(model_dir).export
     size = int(info["image_size"])
     report = {"model": info["model"], "dataset": info["dataset"], "checkpoint": info["checkpoint"], "ema": info["ema"],
               "image_size": size}
     representative = eval_images = eval_labels = None
     if tflite:
-        config, _ = load_run(model_dir)
-        source = config.load_source("skip")  # once, for calibration and for the agreement check
+        run_config, _ = load_run(model_dir)
+        seed = run_config.run.seed
+        source = run_config.load_source("skip")  # once, for calibration and for the agreement check
         if any(q in NEEDS_REPRESENTATIVE_DATA for q in tflite):
-            representative, _ = _take_images(source, size, config.run.seed, calibration_images, training=True)
-        eval_images, eval_labels = _take_images(source, size, config.run.seed, check_images or 10**9, training=False)
+            representative, _ = _take_images(source, size, seed, calibration_images, training=True)
+        eval_images, eval_labels = _take_images(source, size, seed, check_images or 10**9, training=False)
 
     def build(path):
         saved_model = os.path.join(path, "saved_model")
         export_saved_model(model, saved_model, info["class_names"], size, top_k, metadata=report)
         report["saved_model_bytes"] = _directory_size(saved_model)
         if tflite:
-            paths = export_tflite(model, path, tflite, representative, integer_io)
+            paths = export_tflite(model, path, tflite, representative, config.int8_io)
             report["tflite"] = agreement_report(model, paths, eval_images, eval_labels)
         with open(os.path.join(path, "export_report.json"), "w") as f:
             json.dump(report, f, indent=2)

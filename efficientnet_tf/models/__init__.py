@@ -11,4 +11,4 @@ _EXPORTS = {
     "load_weights": "weights", "count_macs": "flops", "model_summary": "flops",
 }
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -8,8 +8,8 @@ _EXPORTS = {
     "Stage": "stages", "plan_stages": "stages", "stage_pipeline": "stages", "effective_bn_momentum": "stages",
     "WeightAverage": "ema",
     "RunDir": "rundir", "load_run": "rundir", "read_history": "rundir", "HISTORY_COLUMNS": "rundir",
-    "Trainer": "loop", "TrainingDiverged": "loop", "train": "loop",
+    "Trainer": "loop", "train": "loop", "TrainingDiverged": "errors", "UnreadableCheckpoints": "errors",
     "replot_run": "report",
 }
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -23,8 +23,8 @@ from efficientnet_tf.settings import SettingError, section, setting
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("exponential", "cosine", "constant")
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
-# tensorflow/tpu's EfficientNet ImageNet run: 350 epochs, 5 warmup, x0.97 every 2.4.
-PAPER_EPOCHS, PAPER_WARMUP_EPOCHS, PAPER_DECAY_EPOCHS = 350, 5.0, 2.4
+# tensorflow/tpu's EfficientNet ImageNet run: 350 epochs, 5 warmup, x0.97 every 2.4 (docs/training.md).
+PAPER_EPOCHS, PAPER_WARMUP_EPOCHS, PAPER_DECAY_EPOCHS, PAPER_DECAY_RATE = 350, 5.0, 2.4, 0.97
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -74,7 +74,7 @@ class OptimizerConfig:
     lr_schedule: str = setting("exponential", "LR after warmup.", choices=SCHEDULES)
     warmup_epochs: float | None = setting(None, "Linear LR warmup epochs; default: the papers' 5 of 350 epochs, "
                                           "scaled to epochs (1.4% of the run).")
-    lr_decay_rate: float = setting(0.97, "Exponential schedule: factor per decay period.")
+    lr_decay_rate: float = setting(PAPER_DECAY_RATE, "Exponential schedule: factor per decay period.")
     lr_decay_epochs: float | None = setting(None, "Exponential schedule: epochs per decay period (staircase); "
                                             "default: the papers' 2.4 of 350 epochs, scaled to epochs (ends at "
                                             "1.2% of the peak LR).")
@@ -83,10 +83,6 @@ class OptimizerConfig:
     ema_decay: float = setting(0.9999, "EMA of weights used for eval and export; 0 turns it off.")
 
     def validate(self) -> None:
-        _check(self.name in OPTIMIZERS, "optimizer",
-               f"unknown optimizer {self.name!r}; choose from {', '.join(OPTIMIZERS)}")
-        _check(self.lr_schedule in SCHEDULES, "lr_schedule",
-               f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(SCHEDULES)}")
         _check(self.learning_rate > 0, "learning_rate", f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.warmup_epochs is None or self.warmup_epochs >= 0, "warmup_epochs",
                f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -146,8 +142,6 @@ class RunConfig:
     def validate(self) -> None:
         _check(self.epochs >= 1, "epochs", f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, "batch_size", f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.strategy in STRATEGIES, "strategy",
-               f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
                f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         _check(self.steps_per_loop >= 1, "steps_per_loop", f"steps_per_loop must be >= 1, got {self.steps_per_loop}")
@@ -174,8 +168,11 @@ class TrainConfig:
 
     @classmethod
     def from_settings(cls, **values: Any) -> TrainConfig:
-        """A config from flat setting names (`model`, `learning_rate`, `progressive`, ...)."""
-        return settings.from_settings(cls, values)
+        """A validated config from flat setting names (`model`, `learning_rate`, `progressive`, ...):
+        an unknown name or a bad value raises `SettingError` naming it."""
+        config = settings.from_settings(cls, values)
+        config.validate()
+        return config
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -195,9 +192,18 @@ class TrainConfig:
         """The run directory: `run.model_dir`, else runs/MODEL-DATASET."""
         return self.run.model_dir or default_model_dir(self.model.name, self.data.dataset)
 
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            expected = field.default_factory
+            if not isinstance(getattr(self, field.name), expected):
+                raise TypeError(f"TrainConfig.{field.name} must be a {expected.__name__}, got "
+                                f"{getattr(self, field.name)!r}; for flat settings use "
+                                f"TrainConfig.from_settings({field.name}=...)")
+
     def validate(self) -> None:
         """Reject bad values before any work starts: `SettingError` naming the setting."""
-        for part in (self.model, self.data, self.optimizer, self.progressive, self.run):
+        settings.check_choices(self)
+        for part in (self.model, self.data, self.optimizer, self.augment, self.progressive, self.run):
             part.validate()
         epochs = self.run.epochs
         _check(self.progressive.stages <= epochs, "progressive",

@@ -23,27 +23,16 @@ from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, p
 from efficientnet_tf.models.builder import build_model
 from efficientnet_tf.models.configs import get_config
 from efficientnet_tf.models.scopes import dtype_policy, random_seed
-from efficientnet_tf.settings import SettingError
 from efficientnet_tf.training import distribute
 from efficientnet_tf.training.config import TrainConfig
 from efficientnet_tf.training.ema import WeightAverage
 from efficientnet_tf.training.optim import l2_loss, make_optimizer, scaled_learning_rate
+from efficientnet_tf.training.errors import TrainingDiverged, UnreadableCheckpoints
 from efficientnet_tf.training.rundir import RunDir, run_info
 from efficientnet_tf.training.stages import Stage, augmented_batch, effective_bn_momentum, plan_stages, stage_pipeline
 
 log = logging.getLogger(__name__)
 HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool")
-
-
-class UnreadableCheckpoints(RuntimeError):
-    """Checkpoints exist but none of them can be restored."""
-
-
-class TrainingDiverged(SettingError):
-    """Loss became NaN/inf: training stopped, the last good checkpoint is kept."""
-
-    def __init__(self, message: str):
-        super().__init__("learning_rate", message)
 
 
 class Trainer:

@@ -7,7 +7,13 @@ import math
 import keras
 import tensorflow as tf
 
-from efficientnet_tf.training.config import OPTIMIZERS, SCHEDULES
+from efficientnet_tf.training.config import (
+    OPTIMIZERS,
+    PAPER_DECAY_EPOCHS,
+    PAPER_DECAY_RATE,
+    PAPER_WARMUP_EPOCHS,
+    SCHEDULES,
+)
 
 
 def scaled_learning_rate(per_256: float, global_batch_size: int) -> float:
@@ -51,8 +57,9 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     # t / D must not delay a decay by a whole period (e.g. 36 / 7.2 computed as 4.9999995).
     _BOUNDARY_TOLERANCE = 1e-4
 
-    def __init__(self, base_lr, steps_per_epoch, total_steps, schedule="exponential", warmup_epochs=5.0,
-                 decay_rate=0.97, decay_epochs=2.4, min_lr=0.0):
+    def __init__(self, base_lr, steps_per_epoch, total_steps, schedule="exponential",
+                 warmup_epochs=PAPER_WARMUP_EPOCHS, decay_rate=PAPER_DECAY_RATE, decay_epochs=PAPER_DECAY_EPOCHS,
+                 min_lr=0.0):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
         checks = [

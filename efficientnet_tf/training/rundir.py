@@ -40,7 +40,9 @@ CONFUSION_PNG = "confusion_matrix.png"
 AUGMENTED_PNG = "augmented_images.png"
 HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss", "lr",
                    "stage", "image_size", "dropout_rate", "randaug_magnitude", "mixup_alpha", "images_per_sec")
-# Flat names a run.json written before the nested config used, where they differ from today's.
+# run.json "format": 2 stores the nested config; runs started before it (no "format") the flat one,
+# whose names differ from today's flat names only here.
+RUN_FORMAT = 2
 _RENAMED_SETTINGS = {"progressive_stages": "progressive"}
 
 
@@ -89,10 +91,7 @@ class RunDir:
 
     def read_history(self) -> list[dict]:
         path = self.file(HISTORY_CSV)
-        if not os.path.exists(path):
-            return []
-        with open(path, newline="", encoding="utf8") as f:
-            return list(csv.DictReader(f))
+        return read_history_csv(path) if os.path.exists(path) else []
 
     def write_history(self, rows: list[dict]) -> None:
         lines = [",".join(HISTORY_COLUMNS)]
@@ -113,6 +112,12 @@ class RunDir:
         return np.load(path) if os.path.exists(path) else None
 
 
+def read_history_csv(path: str) -> list[dict]:
+    """The rows of a history.csv file (strings, as written)."""
+    with open(path, newline="", encoding="utf8") as f:
+        return list(csv.DictReader(f))
+
+
 def read_history(model_dir: str) -> list[dict]:
     """The rows of a run's history.csv (strings, as written); [] before the first epoch."""
     return RunDir(model_dir).read_history()
@@ -121,7 +126,7 @@ def read_history(model_dir: str) -> list[dict]:
 def run_info(config: TrainConfig, **resolved) -> dict:
     """The run.json contents: `resolved` values (classes, sizes, steps) and the full config."""
     run = dataclasses.replace(config.run, model_dir=config.model_dir)
-    return {"model": config.model.name, "dataset": config.data.dataset, **resolved,
+    return {"format": RUN_FORMAT, "model": config.model.name, "dataset": config.data.dataset, **resolved,
             "config": dataclasses.asdict(dataclasses.replace(config, run=run))}
 
 
@@ -131,7 +136,7 @@ def load_run(model_dir: str) -> tuple[TrainConfig, dict]:
     Reads the nested config of this version and the flat one of runs started before it."""
     info = RunDir(model_dir).read_info()
     stored = info["config"]
-    if "run" in stored:
+    if info.get("format", 1) >= RUN_FORMAT:
         config = TrainConfig.from_dict(stored)
     else:
         known = set(TrainConfig().settings())

@@ -67,10 +67,12 @@ def plan_stages(config: TrainConfig, train_size: int, dropout_rate: float) -> li
     # Progressive learning only ever rises. A first-stage value above the last (the default first
     # size 128 with a 32 px dataset, magnitude 5 without RandAugment) would make it shrink, so the
     # last value caps it, with a warning naming the setting.
-    for what, low, high in (("progressive_min_size", progressive.min_size, max_size),
-                            ("progressive_min_dropout", progressive.min_dropout, max_dropout),
-                            ("progressive_min_randaug", progressive.min_randaug, max_randaug),
-                            ("progressive_min_mixup", progressive.min_mixup, max_mixup)):
+    ramps = [("progressive_min_size", progressive.min_size, max_size),
+             ("progressive_min_dropout", progressive.min_dropout, max_dropout),
+             ("progressive_min_mixup", progressive.min_mixup, max_mixup)]
+    if augment.randaug_layers > 0:  # without RandAugment its magnitude means nothing: no warning
+        ramps.append(("progressive_min_randaug", progressive.min_randaug, max_randaug))
+    for what, low, high in ramps:
         if low > high:
             log.warning("%s=%g is above the last stage's %g: every stage uses %g (lower %s to ramp up)",
                         what, low, high, high, what)
