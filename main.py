@@ -140,6 +140,8 @@ flags.DEFINE_boolean("dry_run", False, "Print the resolved training config as JS
                      "sizes included) and stop (check a recipe).")
 flags.DEFINE_string("saved_model", None, "predict: an exported SavedModel directory (instead of --model_dir).")
 flags.DEFINE_multi_string("image", None, "predict: image file(s); more paths may follow as plain arguments.")
+flags.DEFINE_boolean("overwrite", False, "train: when --model_dir holds a run with other settings, move it aside "
+                     "(to MODEL_DIR.replaced-N, nothing is deleted) and start afresh.")
 flags.DEFINE_boolean("skip_bad_images", False, "Same as --on_bad_image=skip (kept for older command lines).")
 flags.DEFINE_enum("tf_log_level", None, ["0", "1", "2", "3"], "TensorFlow's C++ log level (TF_CPP_MIN_LOG_LEVEL): "
                   "0 shows everything, 1 hides INFO, 2 also WARNING, 3 also ERROR. Default: TF_CPP_MIN_LOG_LEVEL "
@@ -183,30 +185,35 @@ def run_summary() -> None:
 def run_training(validate: bool) -> None:
     from efficientnet_tf.training.loop import Trainer
 
-    config = train_config()
-    config.validate()  # bad values stop here, before any data or model is touched
+    from efficientnet_tf.training.rundir import RunDir
+
+    config = train_config()  # bad values stop here, before any data or model is touched
+    if RunDir(config.model_dir).exists() and not FLAGS.overwrite:
+        # Continue the run there: its own settings, with the ones given here that may change.
+        config = existing_run_config(config.model_dir, changeable=config.settings())
     if FLAGS.dry_run:
         print(resolved_config_json(config))
         return
     seed_process(config)
-    Trainer(config).fit(validate=validate)
+    Trainer(config, overwrite=FLAGS.overwrite).fit(validate=validate)
 
 
 def resolved_config_json(config) -> str:
-    """The config as JSON plus what its unset values resolve to (schedule, image sizes)."""
+    """The config as JSON (flat names) plus every value it resolves to on its dataset (sizes per
+    stage, steps per epoch, peak and final LR, warmup, BN momentum, dropout, policy, strategy)."""
     import json
 
-    from efficientnet_tf.models.configs import get_config
-    from efficientnet_tf.training.stages import plan_stages
+    from efficientnet_tf.training import distribute
+    from efficientnet_tf.training.plan import describe, plan_run
 
-    warmup, decay = config.schedule_epochs()
-    train_size, eval_size = config.image_sizes(config.peek_native_size())
-    network = config.model
-    dropout = get_config(network.name).dropout_rate if network.dropout_rate is None else network.dropout_rate
-    stage_sizes = [stage.image_size for stage in plan_stages(config, train_size, dropout)]
-    resolved = dict(resolved_warmup_epochs=warmup, resolved_lr_decay_epochs=decay,
-                    resolved_train_image_size=stage_sizes[-1], resolved_image_size=eval_size,
-                    resolved_stage_image_sizes=stage_sizes)
+    native_size, num_train = config.peek_dataset()
+    resolved = describe(config, plan_run(config, native_size, num_train))
+    if config.run.strategy == "tpu" or config.run.tpu:
+        resolved.update(resolved_strategy="tpu", resolved_replicas=None, resolved_policy=None)  # known once connected
+    else:
+        strategy = distribute.make_strategy(config.run.strategy, config.run.tpu)
+        resolved.update(resolved_strategy=type(strategy).__name__, resolved_replicas=strategy.num_replicas_in_sync,
+                        resolved_policy=distribute.mixed_precision_policy(strategy, config.run.mixed_precision))
     return json.dumps(dict(config.settings(), model_dir=config.model_dir, **resolved), indent=2)
 
 
@@ -215,7 +222,7 @@ def run_eval() -> None:
 
     from efficientnet_tf.training.loop import Trainer
 
-    config = train_config()
+    config = existing_run_config()
     seed_process(config)
     trainer = Trainer(config)
     if not trainer.restore_for_eval():
@@ -226,7 +233,7 @@ def run_eval() -> None:
 def run_plot() -> None:
     from efficientnet_tf.training.report import replot_run
 
-    model_dir = _existing_model_dir()
+    model_dir = existing_run_config().model_dir
     for path in replot_run(model_dir):
         print(path)
 
@@ -236,7 +243,7 @@ def run_export() -> None:
 
     settings = export_config()
     settings.validate()
-    report = export_run(_existing_model_dir(), config=settings)
+    report = export_run(existing_run_config().model_dir, config=settings)
     print(f"SavedModel: {os.path.join(report['export_dir'], 'saved_model')} "
           f"({report['saved_model_bytes'] / 1e6:.1f} MB, {'EMA' if report['ema'] else 'raw'} weights of {report['checkpoint']})")
     if settings.tflite:
@@ -253,7 +260,7 @@ def run_predict(extra_images) -> None:
     if FLAGS.saved_model:
         predictor = Predictor.from_saved_model(FLAGS.saved_model)
     elif FLAGS.model_dir:
-        predictor = Predictor.from_run(_existing_model_dir())
+        predictor = Predictor.from_run(existing_run_config().model_dir)
     elif FLAGS.weights:
         predictor = Predictor.from_pretrained(FLAGS.model, FLAGS.weights)
     else:
@@ -263,11 +270,45 @@ def run_predict(extra_images) -> None:
     print(format_predictions(images, predictor(images)))
 
 
+def existing_run_config(model_dir: str | None = None, changeable=None) -> TrainConfig:
+    """The config of the run in `model_dir` (default: --model_dir, which must exist), from its
+    run.json, with the settings given on this command line applied. Given settings that
+    contradict the run's identity are an error (`RunMismatch`); of the others, those named in
+    `changeable` apply (default: only the ones about this process: data_dir, strategy, ...)."""
+    from efficientnet_tf.training.rundir import IDENTITY_SETTINGS, RUNTIME_SETTINGS, RunMismatch, load_run
+    from efficientnet_tf.training.rundir import setting_changes
+
+    model_dir = model_dir or _existing_model_dir()
+    stored, _ = load_run(model_dir)
+    given = train_config()
+    present = {setting.name for setting in settings_of(TrainConfig) if FLAGS[setting.name].present}
+    contradictions = [d for d in setting_changes(stored, given, IDENTITY_SETTINGS) if d[0] in present]
+    if contradictions:
+        raise RunMismatch(model_dir, contradictions)
+    changeable = RUNTIME_SETTINGS if changeable is None else changeable
+    applied = {name: value for name, value in given.settings().items()
+               if name in present and name in changeable and name != "model_dir"}
+    return stored.replace(**applied)
+
+
+def run_mismatch_line(err) -> str:
+    """A RunMismatch in this command line's terms: each differing flag, and the way out for this mode."""
+    listed = "; ".join(f"the run has --{name}={stored}, this command --{name}={given}"
+                       for name, stored, given in err.differences)
+    if FLAGS.mode in ("train", "train_and_eval"):
+        way_out = (f"use another --model_dir, or --overwrite to start over (the old run is kept as "
+                   f"{err.model_dir}.replaced-N)")
+    else:
+        way_out = f"leave those flags out: --mode={FLAGS.mode} takes them from the run's run.json"
+    return f"--model_dir={err.model_dir} holds another run: {listed}. To go on, {way_out}"
+
+
 def _existing_model_dir() -> str:
-    model_dir = FLAGS.model_dir or train_config().model_dir
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model_dir {model_dir!r} does not exist: pass --model_dir of a training run")
-    return model_dir
+    if not FLAGS.model_dir:
+        raise FileNotFoundError(f"--mode={FLAGS.mode} needs --model_dir: the directory of a training run")
+    if not os.path.isdir(FLAGS.model_dir):
+        raise FileNotFoundError(f"model_dir {FLAGS.model_dir!r} does not exist: pass --model_dir of a training run")
+    return FLAGS.model_dir
 
 
 def quiet_python_logging() -> None:
@@ -297,7 +338,8 @@ def main(argv) -> int:
     import_tensorflow_quietly(tf_log_level(FLAGS.tf_log_level))
     quiet_python_logging()
 
-    from efficientnet_tf.training.errors import TrainingDiverged, UnreadableCheckpoints
+    from efficientnet_tf.training.errors import TrainingDiverged, TrainingInterrupted, UnreadableCheckpoints
+    from efficientnet_tf.training.rundir import RunMismatch
 
     try:
         if FLAGS.mode == "summary":
@@ -312,6 +354,12 @@ def main(argv) -> int:
             run_predict(extra)
         else:
             run_training(validate=FLAGS.mode == "train_and_eval")
+    except TrainingInterrupted as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 128 + err.signal_number  # the shell's convention for "killed by this signal"
+    except RunMismatch as err:
+        print(f"error: {run_mismatch_line(err)}", file=sys.stderr)
+        return 2
     except (SettingError, TrainingDiverged) as err:  # the library names the setting; say it as a flag
         print(f"error: {flag_spelling(err.setting)}: {err}", file=sys.stderr)
         return 2

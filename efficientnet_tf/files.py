@@ -1,7 +1,7 @@
 """Writing files so that a reader, a crash or a full disk never leaves half of one.
 
-The one implementation of atomic writes in the package: run directories, plots, exports and
-caches all go through it.
+The one implementation of atomic writes (and of moving things aside) in the package: run
+directories, checkpoints, plots, exports and caches all go through it.
 """
 
 from __future__ import annotations
@@ -40,6 +40,17 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> str:
             os.unlink(temporary)
         raise
     return path
+
+
+def move_aside(path: str | os.PathLike, suffix: str) -> str:
+    """Rename `path` (a file or directory) to `<path>.<suffix>-N`, N the first free number, so that
+    nothing is overwritten or deleted; returns the new name."""
+    path = os.fspath(path)
+    n = 1
+    while os.path.exists(f"{path}.{suffix}-{n}"):
+        n += 1
+    os.replace(path, f"{path}.{suffix}-{n}")
+    return f"{path}.{suffix}-{n}"
 
 
 def replace_directory(build: Callable[[str], None], destination: str | os.PathLike) -> str:

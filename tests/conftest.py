@@ -45,3 +45,13 @@ def tiny_run(tmp_path_factory):
                                        seed=0)
     report = Trainer(config, verbose=False).fit()
     return model_dir, report
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of tiny_run's directory, for a test to change or damage."""
+    import shutil
+
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(tiny_run[0], model_dir)
+    return model_dir

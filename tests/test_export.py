@@ -152,3 +152,19 @@ def test_cli_export_plot_and_predict(tiny_run, tmp_path):
     assert result.returncode == 2 and f"cannot read image {str(bad)!r}" in result.stderr
     result = _run_main("--mode=export", f"--model_dir={model_dir}", "--tflite=int3")
     assert result.returncode == 2 and "error: --tflite=int3: unknown tflite 'int3'" in result.stderr
+
+
+def test_tflite_export_without_the_run_dataset_says_what_works(run_copy, tmp_path):
+    """The run's data is gone (a folder deleted after training): the error names both ways out,
+    and calibration_dataset makes the export work on other images (agreement only, no top-1)."""
+    import pathlib
+
+    run = pathlib.Path(run_copy)
+    info = json.loads((run / "run.json").read_text())
+    info["config"]["data"]["dataset"] = f"folder:{tmp_path / 'deleted_images'}"
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(FileNotFoundError, match="Export the SavedModel only .*calibration_dataset"):
+        export.export_run(str(run), tflite=["float32"])
+    report = export.export_run(str(run), tflite=["float32"], calibration_dataset="synthetic", check_images=16)
+    entry = report["tflite"]["float32"]
+    assert entry["images"] == 16 and entry["agreement"] >= 0.9 and "top1" not in entry

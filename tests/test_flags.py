@@ -60,3 +60,19 @@ def test_data_flags_reach_the_config():
     config = _resolve("--validation_fraction=0.3", "--label_key=label_category", "--dataset=smallnorb")
     assert config["validation_fraction"] == 0.3 and config["label_key"] == "label_category"
     assert _resolve()["validation_fraction"] is None  # unset: the source's own default (0.1; digits 0.2)
+
+
+def test_dry_run_resolves_every_value_the_run_uses():
+    """Closed forms for the digits demo: 1,797 images, 20% held out -> 1,437 train, batch 64."""
+    config = _resolve(f"--flagfile={[p for p in RECIPES if p.endswith('digits_demo.cfg')][0]}")
+    steps = 1437 // 64
+    assert config["resolved_steps_per_epoch"] == steps == 22
+    assert config["resolved_bn_momentum"] == pytest.approx(1 - 1 / (steps / 2))  # half-epoch window
+    assert config["resolved_peak_learning_rate"] == pytest.approx(0.008 * 64 / 256)
+    assert config["resolved_warmup_steps"] == pytest.approx(1 * steps) and config["resolved_total_steps"] == 15 * steps
+    assert 0 <= config["resolved_final_learning_rate"] < 1e-3 * config["resolved_peak_learning_rate"]  # cosine to 0
+    assert config["resolved_lr_decay_epochs"] is None  # cosine: no decay period
+    assert config["resolved_dropout_rate"] == 0.2 and config["resolved_stages"] == [
+        {"epochs": [1, 15], "image_size": 32, "dropout_rate": 0.2, "randaug_magnitude": 0.0, "mixup_alpha": 0.0,
+         "frozen": False, "lr_scale": 1.0}]
+    assert (config["resolved_replicas"], config["resolved_policy"]) == (1, "float32")

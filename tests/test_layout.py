@@ -109,7 +109,7 @@ def test_a_saved_keras_model_loads_after_importing_the_package(tmp_path):
 
 
 def test_atomic_writes_have_one_implementation():
-    """os.replace (the atomic rename) appears only in files.py."""
+    """os.replace (the atomic rename; also how things are moved aside) appears only in files.py."""
     users = [m for m, p in MODULES.items() if "os.replace(" in p.read_text()]
     assert users == ["efficientnet_tf.files"], users
 
@@ -158,7 +158,8 @@ def test_every_setting_is_a_flag_with_the_declared_default_and_choices():
                        and call.args and isinstance(call.args[0], ast.Constant)]
     declared = {s.name for c in (TrainConfig, ExportConfig) for s in settings_of(c)}
     assert set(defined_by_hand) & declared == set(), "main.py defines a config setting by hand"
-    assert set(defined_by_hand) <= {"mode", "dry_run", "saved_model", "image", "skip_bad_images", "tf_log_level"}
+    assert set(defined_by_hand) <= {"mode", "dry_run", "saved_model", "image", "skip_bad_images", "tf_log_level",
+                                    "overwrite"}
 
 
 def test_flat_settings_round_trip_and_reject_unknown_names():

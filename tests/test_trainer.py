@@ -260,12 +260,15 @@ def test_progressive_run_records_each_stage(tmp_path):
     model_dir = tmp_path / "run"
     result = _run_main(model_dir, "--epochs=2", "--steps_per_epoch=3", "--progressive=2", "--progressive_min_size=32",
                        "--progressive_max_size=48", "--randaug_layers=1", "--progressive_min_randaug=2",
-                       "--progressive_max_randaug=6")
+                       "--progressive_max_randaug=6", "--image_size=64")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_history(str(model_dir))
     assert [int(r["image_size"]) for r in rows] == [32, 48]
     assert [float(r["randaug_magnitude"]) for r in rows] == [2.0, 6.0]
     assert "stage 2/2" in result.stdout
+    # Trained up to 48, evaluated and exported at --image_size (the V2 paper's protocol), not at 48.
+    assert "eval/export 64" in result.stdout
+    assert json.loads((model_dir / "run.json").read_text())["image_size"] == 64
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ _EXPORTS = {
     "Source": "sources", "get_source": "sources", "available_sources": "sources", "digits_source": "sources",
     "digits_split": "sources", "synthetic_source": "sources", "folder_source": "sources", "tfds_source": "sources",
     "held_out_mask": "sources", "check_image_files": "sources", "cache_dir": "sources",
-    "native_image_size": "sources",
+    "peek_dataset": "sources",
     "PipelineConfig": "pipeline", "make_dataset": "pipeline", "distributed_dataset": "pipeline",
     "preprocess_train": "pipeline", "preprocess_eval": "pipeline", "per_replica_batch_size": "pipeline",
     "BatchAugmenter": "augment",

@@ -102,21 +102,22 @@ def get_source(name: str, data_dir: str | None = None, *, validation_fraction: f
                        label_key=label_key)
 
 
-def native_image_size(name: str, data_dir: str | None = None, **source_args) -> int | None:
-    """The stored image size of dataset `name` (None: of varied size), without downloading or
-    decoding images: what resolving a run's image sizes needs before any work starts.
-    `source_args` go to `get_source` (label_key, validation_fraction, seed)."""
+def peek_dataset(name: str, data_dir: str | None = None, **source_args) -> tuple[int | None, int | None]:
+    """(stored image size or None: varied, training images or None: unknown) of dataset `name`,
+    without downloading or decoding images: what resolving a run's values needs before any work
+    starts. `source_args` go to `get_source` (label_key, validation_fraction, seed)."""
     if name.startswith("folder:"):
-        return None  # any size; and opening a folder source checks every file
+        return None, None  # any size; and opening a folder source checks every file
     try:
-        return get_source(name, data_dir, download=False, **source_args).native_size
+        source = get_source(name, data_dir, download=False, **source_args)
+        return source.native_size, source.num_train
     except FileNotFoundError:
         # A TFDS dataset that is not prepared here: the metadata TFDS ships has the image shape.
         import tensorflow_datasets as tfds
 
         features = tfds.builder(name, data_dir=data_dir).info.features
         shape = features["image"].shape if "image" in features else (None, None)
-        return shape[0] if shape[0] is not None and shape[0] == shape[1] else None
+        return (shape[0] if shape[0] is not None and shape[0] == shape[1] else None), None
 
 
 def _percent(fraction: float) -> str:

@@ -20,6 +20,9 @@ class ExportConfig:
     check_images: int = setting(2000, "export: eval images on which each TFLite model is compared with the float "
                                 "model (0: the whole eval split).")
     int8_io: str = setting("uint8", "export: input/output type of the full-integer TFLite model.", choices=INTEGER_IO)
+    calibration_dataset: str | None = setting(
+        None, "export: dataset whose images calibrate int8/int16x8 and check each TFLite model's agreement "
+        "(default: the run's own; any dataset of similar images works where that one is not available).")
 
     def __post_init__(self):
         object.__setattr__(self, "tflite", tuple(self.tflite))  # a list is welcome; stored as a tuple

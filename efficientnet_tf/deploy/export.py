@@ -27,6 +27,7 @@ from efficientnet_tf.files import atomic_write, replace_directory
 from efficientnet_tf.models.builder import build_model, functional_model
 from efficientnet_tf.models.scopes import dtype_policy
 from efficientnet_tf.settings import SettingError
+from efficientnet_tf.training.checkpoints import restore_newest_readable
 from efficientnet_tf.training.ema import WeightAverage
 from efficientnet_tf.training.rundir import RunDir, load_run
 
@@ -38,9 +39,6 @@ def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Mode
     EMA weights when the run kept them (what the papers evaluate), and the run info."""
     config, info = load_run(model_dir)
     checkpoint_dir = RunDir(model_dir).checkpoints
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}: train this run first")
     size = int(info["image_size"])
     with dtype_policy("float32"):
         model = build_model(config.model.name, num_classes=int(info["num_classes"]), input_shape=(size, size, 3),
@@ -48,7 +46,9 @@ def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Mode
     decay = config.optimizer.ema_decay
     ema = WeightAverage(model.variables, decay) if decay > 0 else None
     checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))
-    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    latest, _ = restore_newest_readable(checkpoint, checkpoint_dir, partial=True)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}: train this run first")
     if ema is not None and use_ema:
         ema.swap()
     info = dict(info, checkpoint=latest, ema=bool(ema is not None and use_ema))
@@ -270,10 +270,12 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
     if tflite:
         run_config, _ = load_run(model_dir)
         seed = run_config.run.seed
-        source = run_config.load_source("skip")  # once, for calibration and for the agreement check
+        source = _calibration_source(run_config, config.calibration_dataset)  # once: calibration and agreement
         if any(q in NEEDS_REPRESENTATIVE_DATA for q in tflite):
             representative, _ = _take_images(source, size, seed, calibration_images, training=True)
         eval_images, eval_labels = _take_images(source, size, seed, check_images or 10**9, training=False)
+        if config.calibration_dataset:
+            eval_labels = None  # another dataset's labels are not this model's classes: agreement only
 
     def build(path):
         saved_model = os.path.join(path, "saved_model")
@@ -289,6 +291,20 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
     replace_directory(build, export_dir)
     report["export_dir"] = os.path.abspath(export_dir)
     return report
+
+
+def _calibration_source(run_config, calibration_dataset: str | None):
+    """The dataset TFLite export calibrates on: the run's own, or `calibration_dataset`."""
+    dataset = calibration_dataset or run_config.data.dataset
+    try:
+        if calibration_dataset:
+            return run_config.replace(dataset=calibration_dataset, label_key="label").load_source("skip")
+        return run_config.load_source("skip")
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"TFLite export calibrates on and checks against images of the run's dataset, but {dataset!r} cannot "
+            f"be loaded here ({err}). Export the SavedModel only (no TFLite formats), or name another dataset of "
+            "similar images as calibration_dataset") from None
 
 
 def _directory_size(path: str) -> int:

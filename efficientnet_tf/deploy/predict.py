@@ -93,9 +93,16 @@ class Predictor:
     def from_pretrained(cls, model_name: str, weights: str = "imagenet", top_k: int = 5) -> Predictor:
         from efficientnet_tf.models.builder import build_model
         from efficientnet_tf.models.configs import get_config
+        from efficientnet_tf.models.weights import load_weights
 
-        resolution = get_config(model_name).resolution
-        model = build_model(model_name, weights=weights)  # softmax outputs, ImageNet head
+        config = get_config(model_name)
+        model = build_model(config)  # softmax outputs, ImageNet head
+        random_head = load_weights(model, config, weights)
+        if random_head:
+            raise ValueError(f"weights {weights!r} hold no ImageNet classifier for {model_name} (a file without the "
+                             "top, or for another class count): its predictions would come from a random head. "
+                             "Use a file with the top, or predict with a trained run's model_dir")
+        resolution = config.resolution
         return cls.from_model(model, imagenet_class_names(), resolution, top_k, logits=False,
                               description=f"{model_name} with {weights} weights")
 

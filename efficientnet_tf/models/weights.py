@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
+import zipfile
 
 import h5py
 import keras
@@ -112,9 +115,80 @@ def load_legacy_h5(model: keras.Model, path: str) -> list[str]:
 
     Backbone layers must match one to one (shapes checked); a classifier in the file is
     loaded only when the model has one of the same shape, otherwise the model keeps its
-    fresh head (transfer learning). Returns the names of the model layers left untouched.
+    fresh head (transfer learning), with a warning. Returns the names of the model layers left
+    untouched.
     """
-    file_layers = _read_h5_layers(path)
+    return _assign(model, path, _read_h5_layers(path))
+
+
+def _snake_case(name: str) -> str:
+    """Keras 3's name for a layer class in its weight files (`DepthwiseConv2D` -> `depthwise_conv2d`)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+# Our layers that stand where keras.applications has a built-in one: its files name them so.
+_KERAS_KINDS = {"std_normalization": ("std_normalization", "normalization")}
+
+
+def _read_keras3_groups(path: str) -> dict[str, list[np.ndarray]]:
+    """{object key: arrays} of the layers with variables in a Keras 3 weight file (`.weights.h5`,
+    or the `model.weights.h5` inside a `.keras` archive)."""
+    if path.endswith(".keras"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                data = io.BytesIO(archive.read("model.weights.h5"))
+        except (zipfile.BadZipFile, KeyError) as err:
+            raise ValueError(f"{path} is not a Keras 3 .keras archive with model weights ({err})") from None
+        handle = h5py.File(data, "r")
+    else:
+        handle = h5py.File(path, "r")
+    with handle as f:
+        if "layers" not in f:
+            raise ValueError(f"{path} is not a Keras 3 weight file (no 'layers' group)")
+        groups = {}
+        for key, group in f["layers"].items():
+            variables = group.get("vars")
+            if variables is not None and len(variables):
+                groups[key] = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+    return groups
+
+
+def _keras3_layers_in_model_order(model: keras.Model, path: str) -> list[tuple[str, list[np.ndarray]]]:
+    """The layers of a Keras 3 weight file as [(model layer name, arrays)] in the model's order.
+
+    Keras 3 files name each layer by its class and its rank among the model's layers of that
+    class (`conv2d`, `conv2d_1`, ...), not by its layer name; keras.applications and this
+    project create the same layers in the same order, so the k-th layer of a class here is the
+    k-th of that class in the file. A file's classifier is matched to this model's, if any.
+    """
+    groups = _read_keras3_groups(path)
+    file_body = [key for key in groups if not re.fullmatch(r"dense(?:_\d+)?", key)]  # Dense: only heads
+    model_body = [layer for layer, _ in _weighted_layers(model) if layer.name not in HEAD_LAYERS]
+    if len(file_body) != len(model_body):
+        raise ValueError(f"weight file {path} has {len(file_body)} weighted backbone layers but model "
+                         f"{model.name!r} has {len(model_body)}: is the file for another variant?")
+    by_kind: dict[str, list[str]] = {}
+    for key in groups:
+        match = re.fullmatch(r"(.+?)(?:_(\d+))?", key)
+        by_kind.setdefault(match.group(1), []).append(key)
+    for keys in by_kind.values():
+        keys.sort(key=lambda k: int(re.fullmatch(r".+?(?:_(\d+))?", k).group(1) or 0))
+    taken: dict[str, int] = {}
+    ordered = []
+    for layer, _ in _weighted_layers(model):
+        kind = _snake_case(type(layer).__name__)
+        keys = next((by_kind[k] for k in _KERAS_KINDS.get(kind, (kind,)) if k in by_kind), [])
+        rank = taken.get(kind, 0)
+        taken[kind] = rank + 1
+        if rank < len(keys):
+            ordered.append((layer.name, groups[keys[rank]]))
+    return ordered
+
+
+def _assign(model: keras.Model, path: str, file_layers) -> list[str]:
+    """Load [(name, arrays)] (weighted layers in model order; heads by name) into `model`."""
     file_head = {n: w for n, w in file_layers if n in HEAD_LAYERS}
     file_body = [(n, w) for n, w in file_layers if n not in HEAD_LAYERS]
     model_layers = _weighted_layers(model)
@@ -141,7 +215,8 @@ def load_legacy_h5(model: keras.Model, path: str) -> list[str]:
         for variable, value in zip(variables, values):
             variable.assign(value.astype(variable.dtype))
     if skipped:
-        log.info("kept freshly initialised head layer(s) %s (not in %s or other shape)", skipped, path)
+        log.warning("weights from %s: the head layer(s) %s were not in the file (or had another shape), so they "
+                    "keep their random initialisation: train them before predicting", path, ", ".join(skipped))
     return skipped
 
 
@@ -155,8 +230,11 @@ def _check_shapes(path, layer, variables, file_name, values):
         )
 
 
-def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> None:
-    """Initialise `model` from 'imagenet' or a weight file (.h5, .weights.h5, .keras)."""
+def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> list[str]:
+    """Initialise `model` from 'imagenet' or a weight file: a legacy `.h5` (keras.applications'
+    official files), a Keras 3 `.weights.h5` or a `.keras` model, from keras.applications or
+    from this project, with or without the top. Returns the head layers left randomly
+    initialised (another class count, or a file without the top), each named in a warning."""
     if weights == "imagenet":
         path = fetch_imagenet_weights(config, include_top=_has_imagenet_top(model))
     else:
@@ -167,9 +245,9 @@ def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> None:
                 "path of a .h5 / .weights.h5 / .keras file"
             )
     if path.endswith((".weights.h5", ".keras")):
-        model.load_weights(path)
-    elif path.endswith((".h5", ".hdf5")):
-        load_legacy_h5(model, path)
+        return _assign(model, path, _keras3_layers_in_model_order(model, path))
+    if path.endswith((".h5", ".hdf5")):
+        return load_legacy_h5(model, path)
     else:
         raise ValueError(
             f"unsupported weights file {path!r}: expected .h5/.hdf5 (keras.applications), "

@@ -9,6 +9,7 @@ _EXPORTS = {
     "WeightAverage": "ema",
     "RunDir": "rundir", "load_run": "rundir", "read_history": "rundir", "HISTORY_COLUMNS": "rundir",
     "Trainer": "loop", "train": "loop", "TrainingDiverged": "errors", "UnreadableCheckpoints": "errors",
+    "TrainingInterrupted": "errors",
     "replot_run": "report",
 }
 __all__ = sorted(_EXPORTS)

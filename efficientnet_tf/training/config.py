@@ -267,10 +267,11 @@ class TrainConfig:
                           seed=self.run.seed or 0, on_bad_image=on_bad_image or data.on_bad_image,
                           download=download, label_key=data.label_key)
 
-    def peek_native_size(self) -> int | None:
-        """The dataset's stored image size (None: varied) without downloading or decoding images."""
-        from efficientnet_tf.data.sources import native_image_size
+    def peek_dataset(self) -> tuple[int | None, int | None]:
+        """(stored image size or None: varied, training images or None: unknown here), without
+        downloading or decoding images: what a dry run resolves the run's values from."""
+        from efficientnet_tf.data.sources import peek_dataset
 
         data = self.data
-        return native_image_size(data.dataset, data.data_dir, validation_fraction=data.validation_fraction,
-                                 seed=self.run.seed or 0, label_key=data.label_key)
+        return peek_dataset(data.dataset, data.data_dir, validation_fraction=data.validation_fraction,
+                            seed=self.run.seed or 0, label_key=data.label_key)

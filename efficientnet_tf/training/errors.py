@@ -11,3 +11,12 @@ class TrainingDiverged(RuntimeError):
 
 class UnreadableCheckpoints(RuntimeError):
     """Checkpoints exist but none of them can be restored."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped training after a step; a checkpoint and history.csv consistent with
+    that step were written, so the next fit() (the same command) continues from it."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number

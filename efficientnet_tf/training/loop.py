@@ -8,11 +8,14 @@ Progress goes to stdout when `verbose` (like Keras' fit); warnings go to `loggin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 
 import keras
@@ -21,15 +24,16 @@ import tensorflow as tf
 
 from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, per_replica_batch_size
 from efficientnet_tf.models.builder import build_model
-from efficientnet_tf.models.configs import get_config
 from efficientnet_tf.models.scopes import dtype_policy, random_seed
 from efficientnet_tf.training import distribute
 from efficientnet_tf.training.config import TrainConfig
 from efficientnet_tf.training.ema import WeightAverage
-from efficientnet_tf.training.optim import l2_loss, make_optimizer, scaled_learning_rate
-from efficientnet_tf.training.errors import TrainingDiverged, UnreadableCheckpoints
-from efficientnet_tf.training.rundir import RunDir, run_info
-from efficientnet_tf.training.stages import Stage, augmented_batch, effective_bn_momentum, plan_stages, stage_pipeline
+from efficientnet_tf.training.optim import l2_loss, make_optimizer
+from efficientnet_tf.training.checkpoints import restore_newest_readable
+from efficientnet_tf.training.errors import TrainingDiverged, TrainingInterrupted
+from efficientnet_tf.training.rundir import RunDir, load_run, recorded_changes, run_info
+from efficientnet_tf.training.plan import plan_run
+from efficientnet_tf.training.stages import Stage, augmented_batch, stage_pipeline
 
 log = logging.getLogger(__name__)
 HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool")
@@ -38,15 +42,25 @@ HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool")
 class Trainer:
     """Builds everything for a TrainConfig; `fit()` trains (resuming), `evaluate()` reports.
 
-    Keras' global state is left as found: the model is built under the run's dtype policy and
-    seed in scopes that restore both (the CLI seeds the whole process itself).
+    A model_dir that already holds a run is continued only with the same identity settings
+    (`rundir.IDENTITY_SETTINGS`: model, data, sizes, batch, ...): anything else raises
+    `RunMismatch` before any file is touched; `overwrite=True` sets the old run aside
+    (`MODEL_DIR.replaced-N`) and starts afresh. Keras' global state is left as found: the model
+    is built under the run's dtype policy and seed in scopes that restore both (the CLI seeds
+    the whole process itself).
     """
 
-    def __init__(self, config: TrainConfig, verbose: bool = True, strategy: tf.distribute.Strategy | None = None):
+    def __init__(self, config: TrainConfig, verbose: bool = True, strategy: tf.distribute.Strategy | None = None,
+                 overwrite: bool = False):
         config.validate()
         self.config = config
         self.verbose = verbose
+        self.overwrite = overwrite
         self.run_dir = RunDir(config.model_dir)
+        self.previous_info = None
+        if self.run_dir.exists() and not overwrite:
+            self.run_dir.check_same_run(config)  # before any data, model or file is touched
+            self.previous_info = self.run_dir.read_info()
         self.strategy = strategy or distribute.make_strategy(config.run.strategy, config.run.tpu)
         self.replicas = self.strategy.num_replicas_in_sync
         per_replica_batch_size(config.run.batch_size, self.replicas)
@@ -56,17 +70,15 @@ class Trainer:
         self.jit_compile = config.run.jit_compile if config.run.jit_compile is not None else self.device == "tpu"
 
         self.source = config.load_source()
-        model_config = get_config(config.model.name)
-        # image_size: evaluation and export; train_image_size: training (V2: smaller).
-        self.train_image_size, self.image_size = config.image_sizes(self.source.native_size)
-        self.steps_per_epoch = max(1, (self.source.num_train or config.run.batch_size) // config.run.batch_size)
-        if config.run.steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, config.run.steps_per_epoch)
         network = config.model
-        self.bn_momentum = network.bn_momentum or effective_bn_momentum(model_config.bn_momentum, self.steps_per_epoch)
-        self.dropout_rate = model_config.dropout_rate if network.dropout_rate is None else network.dropout_rate
-        self.stages = plan_stages(config, self.train_image_size, self.dropout_rate)
-        self.base_lr = scaled_learning_rate(config.optimizer.learning_rate, config.run.batch_size)
+        self.plan = plan_run(config, self.source.native_size, self.source.num_train or config.run.batch_size)
+        # image_size: evaluation and export; train_image_size: training (V2: smaller).
+        self.image_size = self.plan.image_size
+        self.steps_per_epoch = self.plan.steps_per_epoch
+        self.bn_momentum = self.plan.bn_momentum
+        self.dropout_rate = self.plan.dropout_rate
+        self.stages = list(self.plan.stages)
+        self.base_lr = self.plan.base_lr
         self.one_hot = config.optimizer.label_smoothing > 0 or config.augment.mixes_labels or (
             config.progressive.stages > 1 and (config.progressive.max_mixup or 0) > 0)
         self.sync_bn = network.sync_batch_norm if network.sync_batch_norm is not None else self.replicas > 1
@@ -96,9 +108,15 @@ class Trainer:
             ema_decay = config.optimizer.ema_decay
             self.ema = WeightAverage(self.model.variables, ema_decay) if ema_decay > 0 else None
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            # Where an interrupted epoch stopped (0: at its start) and its running loss/correct sums,
+            # so that a resumed epoch continues at the next batch and its history row covers it all.
+            self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
+            self.epoch_sums = tf.Variable([0.0, 0.0], dtype=tf.float64, trainable=False, name="epoch_sums")
         if self.ema is not None:
             self.ema.reset()
+        self._stop_signal = None  # set by SIGINT/SIGTERM during fit()
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
+                                              epoch_step=self.epoch_step, epoch_sums=self.epoch_sums,
                                               **({"ema": self.ema} if self.ema is not None else {}))
         self.checkpoint_dir = self._checkpoint_dir()
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
@@ -214,6 +232,10 @@ class Trainer:
         epoch and return the final eval report (also written to model_dir/eval_report.json)."""
         config = self.config
         if self.chief:
+            if self.overwrite and os.path.exists(self.run_dir.path):
+                moved = self.run_dir.set_aside()
+                self._print(f"previous run in {self.run_dir.path} moved to {moved}")
+                self.overwrite = False  # once: a second fit() continues this run
             os.makedirs(self.run_dir.path, exist_ok=True)
             self._write_run_info()
         start_epoch = self._restore()
@@ -239,15 +261,18 @@ class Trainer:
                     f"schedule, warmup {warmup:.3g} epochs" + (decay_text if optimizer.lr_schedule == "exponential" else ""))
         if start_epoch:
             self._print(f"resuming from {self.resumed_from}: epoch {start_epoch + 1} of {config.run.epochs}")
-        for stage in self.stages:
-            if stage.end_epoch <= start_epoch:
-                continue
-            self._enter_stage(stage)
-            for epoch in range(max(stage.first_epoch, start_epoch), stage.end_epoch):
-                row = self._train_epoch(stage, epoch, validate)
-                history.append(row)
-                self.epoch.assign(epoch + 1)
-                self._save_epoch(history, row, writer)
+        with self._stop_on_signals():
+            for stage in self.stages:
+                if stage.end_epoch <= start_epoch:
+                    continue
+                self._enter_stage(stage)
+                for epoch in range(max(stage.first_epoch, start_epoch), stage.end_epoch):
+                    row = self._train_epoch(stage, epoch, validate)
+                    history.append(row)
+                    self.epoch.assign(epoch + 1)
+                    self._save_epoch(history, row, writer)
+                    if self._stop_signal is not None:
+                        self._interrupted(f"after epoch {epoch + 1}")
         if not validate:
             if self.chief:
                 self.save_plots()
@@ -286,6 +311,12 @@ class Trainer:
             augmented=self.augmented_batch())
 
     def _write_run_info(self) -> None:
+        resumes = []
+        if self.previous_info is not None:
+            stored, _ = load_run(self.run_dir.path)
+            resumes = list(self.previous_info.get("resumes", []))
+            resumes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "changed": recorded_changes(stored, self.config)})
         self.run_dir.write_info(run_info(
             self.config,
             num_classes=self.source.num_classes,
@@ -295,24 +326,20 @@ class Trainer:
             split=getattr(self.source, "split_description", ""),
             steps_per_epoch=self.steps_per_epoch,
             base_lr=self.base_lr,
+            **({"resumes": resumes} if resumes else {}),
         ))
 
     def _restore(self) -> int:
-        """Resume from the newest readable checkpoint of the chief (every worker reads it)."""
-        state = tf.train.get_checkpoint_state(self.run_dir.checkpoints)
-        if state is None:
+        """Resume from the chief's newest readable checkpoint (every worker reads it); damaged
+        newer ones are set aside by the chief (`training.checkpoints`)."""
+        path, damaged = restore_newest_readable(self.checkpoint, self.run_dir.checkpoints, repair=self.chief)
+        if path is None:
             return 0
-        candidates = list(reversed(state.all_model_checkpoint_paths)) or [state.model_checkpoint_path]
-        for path in candidates:
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            except (tf.errors.OpError, ValueError, AssertionError) as err:
-                log.warning("checkpoint %s is unreadable (%s); trying an older one", path, type(err).__name__)
-                continue
-            self.resumed_from = path
-            return int(self.epoch.numpy())
-        raise UnreadableCheckpoints(f"no readable checkpoint in {self.run_dir.checkpoints}; move that directory "
-                                    "away to start afresh")
+        if damaged and self.chief:  # the manager read the old state file: let it read the repaired one
+            self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
+                                                      max_to_keep=self.config.run.keep_checkpoints)
+        self.resumed_from = path
+        return int(self.epoch.numpy())
 
     def _enter_stage(self, stage: Stage) -> None:
         if len(self.stages) > 1:
@@ -335,7 +362,12 @@ class Trainer:
         progress = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "images/s"],
                                        verbose=1 if (self.verbose and self.chief) else 0)
         self._print(f"Epoch {epoch + 1}/{self.config.run.epochs}")
-        done, loss_sum, correct_sum = 0, 0.0, 0.0
+        done = first = int(self.epoch_step.numpy())  # > 0: an interrupted epoch, continued
+        loss_sum, correct_sum = (float(value) for value in self.epoch_sums.numpy())
+        if first:
+            self._print(f"continuing epoch {epoch + 1} at step {first + 1} of {self.steps_per_epoch}")
+            for _ in range(first):  # the same batches, in the same order: skip those already trained on
+                next(iterator)
         start = time.perf_counter()
         while done < self.steps_per_epoch:
             steps = min(self.config.run.steps_per_loop, self.steps_per_epoch - done)
@@ -346,10 +378,17 @@ class Trainer:
                     f"loss became {loss_sum} at epoch {epoch + 1}, step {done}: training stopped; the last good "
                     f"checkpoint ({self.manager.latest_checkpoint or 'none yet'}) is kept. Lower learning_rate "
                     f"or check the data")
+            if self._stop_signal is not None and done < self.steps_per_epoch:
+                self.epoch_step.assign(done)
+                self.epoch_sums.assign([loss_sum, correct_sum])
+                self.manager.save(checkpoint_number=epoch + 1)  # the epoch's own number: its end overwrites it
+                self._interrupted(f"at epoch {epoch + 1}, step {done} of {self.steps_per_epoch}")
             seen = done * self.config.run.batch_size
             progress.update(done, [("loss", loss_sum / done), ("accuracy", correct_sum / seen),
                                    ("images/s", seen / (time.perf_counter() - start))])
         elapsed = time.perf_counter() - start
+        self.epoch_step.assign(0)
+        self.epoch_sums.assign([0.0, 0.0])
         # Validation at the evaluation size, like the final report: what the exported model will see.
         val = self.evaluate() if validate else {"top1": float("nan"), "loss": float("nan")}
         row = {
@@ -364,12 +403,47 @@ class Trainer:
             "dropout_rate": round(stage.dropout_rate, 4),
             "randaug_magnitude": round(stage.randaug_magnitude, 3),
             "mixup_alpha": round(stage.mixup_alpha, 4),
-            "images_per_sec": round(done * self.config.run.batch_size / elapsed, 1),
+            "images_per_sec": round((done - first) * self.config.run.batch_size / elapsed, 1),
         }
         self._print(f"epoch {epoch + 1}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
                     f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} lr {row['lr']:.3g} "
                     f"({row['images_per_sec']:.0f} images/s)")
         return row
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT (Ctrl-C) and SIGTERM stop training after the current step, with a checkpoint;
+        a second one stops at once. Only in the main thread of a single-worker run: several
+        workers would have to agree on the step (there the default behaviour stays)."""
+        if (threading.current_thread() is not threading.main_thread()
+                or isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {number: signal.getsignal(number) for number in signals}
+
+        def request_stop(number, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = number
+            self._print(f"\n{signal.Signals(number).name}: stopping after the current step, with a checkpoint "
+                        "(again to stop at once)")
+
+        for number in signals:
+            signal.signal(number, request_stop)
+        try:
+            yield
+        finally:
+            for number in signals:
+                signal.signal(number, previous[number])
+
+    def _interrupted(self, where: str):
+        number, self._stop_signal = self._stop_signal, None
+        # history.csv already holds exactly the finished epochs, as the checkpoint's epoch counter says.
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(number).name} {where}: checkpoint {self.manager.latest_checkpoint} and "
+            "history.csv are consistent with it; train again with the same settings (the same command) to resume",
+            number)
 
     def _last_step_lr(self) -> float:
         """The LR the epoch's last optimizer step used (the counter already points past it)."""

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from efficientnet_tf.files import atomic_write
+from efficientnet_tf.files import atomic_write, move_aside
 from efficientnet_tf.training.config import TrainConfig
 
 RUN_JSON = "run.json"
@@ -46,8 +46,44 @@ RUN_FORMAT = 2
 _RENAMED_SETTINGS = {"progressive_stages": "progressive"}
 
 
+# What a run's checkpoints mean. A rerun into the same model_dir must keep every one of these: a
+# different model or data, image size, or steps per epoch (batch size) would mix two runs in one
+# directory. How this process runs (hardware, logging, bookkeeping) may change freely; everything
+# else (epochs to extend a run, the LR schedule, regularization) may change and is recorded in
+# run.json's "resumes".
+IDENTITY_SETTINGS = ("model", "dataset", "label_key", "validation_fraction", "seed", "image_size",
+                     "train_image_size", "batch_size", "steps_per_epoch", "optimizer", "ema_decay", "mixed_precision",
+                     "freeze_backbone", "finetune_epochs", "progressive", "progressive_min_size",
+                     "progressive_max_size")
+RUNTIME_SETTINGS = ("model_dir", "data_dir", "keep_checkpoints", "steps_per_loop", "jit_compile", "strategy", "tpu",
+                    "on_bad_image")
+
+
 class NotARunError(FileNotFoundError):
     """The directory holds no run.json: nothing was trained there."""
+
+
+class RunMismatch(ValueError):
+    """A model_dir holds a run whose identity settings differ from the ones given."""
+
+    def __init__(self, model_dir: str, differences: list[tuple[str, object, object]]):
+        self.model_dir = model_dir
+        self.differences = differences  # (setting, value in the run, value given)
+        listed = "; ".join(f"{name} is {stored!r} there, {given!r} here" for name, stored, given in differences)
+        super().__init__(f"{model_dir} holds a run with other settings: {listed}. Train into another model_dir, "
+                         "or start over there with overwrite (the old run is kept, renamed)")
+
+
+def setting_changes(stored: TrainConfig, given: TrainConfig, names) -> list[tuple[str, object, object]]:
+    """(name, stored value, given value) for each of `names` that differs."""
+    old, new = stored.settings(), given.settings()
+    return [(name, old[name], new[name]) for name in names if old[name] != new[name]]
+
+
+def recorded_changes(stored: TrainConfig, given: TrainConfig) -> dict:
+    """{name: [old, new]} of the settings a resume may change and run.json records."""
+    names = [n for n in stored.settings() if n not in IDENTITY_SETTINGS and n not in RUNTIME_SETTINGS]
+    return {name: [old, new] for name, old, new in setting_changes(stored, given, names)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +112,22 @@ class RunDir:
         return os.path.join(self.path, f".worker_{task_type}_{task_id}", CHECKPOINTS)
 
     # ------------------------------------------------------------------ run.json
+
+    def exists(self) -> bool:
+        """Whether a run was started here (its run.json exists)."""
+        return os.path.exists(self.file(RUN_JSON))
+
+    def check_same_run(self, config: TrainConfig) -> None:
+        """`RunMismatch` when this directory holds a run that `config` would not continue."""
+        stored, _ = load_run(self.path)
+        differences = setting_changes(stored, config, IDENTITY_SETTINGS)
+        if differences:
+            raise RunMismatch(self.path, differences)
+
+    def set_aside(self) -> str | None:
+        """Rename this directory to `<path>.replaced-N`; returns the new name, None when there was
+        nothing to move."""
+        return move_aside(self.path, "replaced") if os.path.exists(self.path) else None
 
     def write_info(self, info: dict) -> None:
         atomic_write(self.file(RUN_JSON), json.dumps(info, indent=2) + "\n")

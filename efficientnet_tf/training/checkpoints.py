@@ -1,0 +1,115 @@
+"""Restoring a run's newest checkpoint that can be read, whatever happened to the newer ones.
+
+A checkpoint can be damaged in many ways (a crash mid-write, a full disk, a copy cut short): a
+missing or zero-length data file, a truncated index, garbage. Each is told apart from a checkpoint
+that reads fine but belongs to another model (which is the caller's mistake, not damage): only
+unreadable files are passed over. Damaged files are never deleted: they are renamed
+`*.damaged-N` beside the good ones, with a warning naming them, and the directory's `checkpoint`
+state file is rewritten to list only readable checkpoints (so the next save does not reuse a name).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+
+import tensorflow as tf
+
+from efficientnet_tf.files import move_aside
+from efficientnet_tf.training.errors import UnreadableCheckpoints
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_paths(directory: str) -> list[str]:
+    """The checkpoints in `directory`, oldest first: from its state file, else from the index files
+    present (a damaged or missing state file must not hide good checkpoints)."""
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except (tf.errors.OpError, ValueError, UnicodeDecodeError) as err:  # text_format.ParseError is a ValueError
+        log.warning("checkpoint state file in %s is unreadable (%s); using the checkpoint files present",
+                    directory, type(err).__name__)
+        state = None
+    if state is not None and state.all_model_checkpoint_paths:
+        return [_absolute(directory, p) for p in state.all_model_checkpoint_paths]
+    if state is not None and state.model_checkpoint_path:
+        return [_absolute(directory, state.model_checkpoint_path)]
+    indexes = glob.glob(os.path.join(glob.escape(directory), "*.index"))
+    prefixes = [p[: -len(".index")] for p in indexes]
+    return sorted(prefixes, key=lambda p: int(m.group(1)) if (m := re.search(r"-(\d+)$", p)) else -1)
+
+
+def _absolute(directory: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(directory, path)
+
+
+def unreadable_reason(path: str) -> str | None:
+    """None when every tensor of checkpoint `path` reads back; else why not, in a few words."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as err:  # noqa: BLE001  (TF raises many types for damaged files: OpError, IndexError, ...)
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}".rstrip(": ")
+    return None
+
+
+def set_aside(path: str) -> list[str]:
+    """Rename every file of checkpoint `path` to `<file>.damaged-N`; returns the new names."""
+    return [move_aside(file, "damaged") for file in sorted(glob.glob(glob.escape(path) + ".*"))
+            if ".damaged-" not in file]
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *, partial: bool = False,
+                            repair: bool = True) -> tuple[str | None, list[str]]:
+    """Restore `checkpoint` from the newest readable checkpoint in `directory`.
+
+    Args:
+        checkpoint: what to restore into.
+        directory: a CheckpointManager's directory.
+        partial: the checkpoint may hold objects `checkpoint` does not (e.g. the optimizer, when
+            only the model is restored for export).
+        repair: set damaged checkpoints aside and rewrite the state file (False on workers that
+            only read another worker's directory).
+
+    Returns:
+        (the path restored or None when there is no checkpoint, the damaged paths passed over).
+
+    Raises:
+        UnreadableCheckpoints: checkpoints exist but none reads.
+        ValueError: a readable checkpoint that does not match `checkpoint` (another model).
+    """
+    candidates = checkpoint_paths(directory)
+    damaged = []
+    for path in reversed(candidates):
+        reason = unreadable_reason(path)
+        if reason is not None:
+            log.warning("checkpoint %s is damaged (%s); trying an older one", path, reason)
+            damaged.append(path)
+            continue
+        try:
+            status = checkpoint.restore(path)
+            if partial:
+                status.expect_partial()
+            status.assert_existing_objects_matched()
+        except (ValueError, AssertionError) as err:  # another model: shapes or objects differ
+            raise ValueError(f"checkpoint {path} is readable but does not match this model: "
+                             f"{str(err).splitlines()[0][:300]}") from None
+        if damaged and repair:
+            _repair(directory, damaged, [p for p in candidates if p not in damaged])
+        return path, damaged
+    if damaged:
+        raise UnreadableCheckpoints(f"every checkpoint in {directory} is damaged ({len(damaged)}: "
+                                    f"{', '.join(os.path.basename(p) for p in damaged)}); the files are kept "
+                                    "there for inspection; move that directory away to start afresh")
+    return None, damaged
+
+
+def _repair(directory: str, damaged: list[str], good: list[str]) -> None:
+    for path in damaged:
+        moved = set_aside(path)
+        log.warning("damaged checkpoint %s kept as %s", path, ", ".join(os.path.basename(m) for m in moved))
+    # The TF 2 API has no public writer of the state file CheckpointManager reads; this is its own.
+    tf.compat.v1.train.update_checkpoint_state(directory, good[-1], all_model_checkpoint_paths=good)

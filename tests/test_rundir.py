@@ -1,0 +1,101 @@
+"""One run per model_dir: a rerun that would change what the checkpoints mean stops before
+touching anything; allowed changes are recorded; the other modes use the run's own config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from efficientnet_tf.training import Trainer
+from efficientnet_tf.training.rundir import RunMismatch, load_run, read_history
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _snapshot(directory):
+    """Every file's relative path, size and modification time."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+    return found
+
+
+@pytest.mark.parametrize("change", [{"model": "efficientnet-b0"}, {"batch_size": 16}, {"image_size": 48},
+                                    {"dataset": "synthetic"}, {"progressive": 2, "progressive_min_size": 32}])
+def test_a_rerun_with_other_identity_settings_stops_before_touching_anything(run_copy, change):
+    stored, _ = load_run(run_copy)
+    before = _snapshot(run_copy)
+    with pytest.raises(RunMismatch) as raised:
+        Trainer(stored.replace(**change), verbose=False)
+    stored_settings = stored.settings()
+    assert [(name, old) for name, old, _ in raised.value.differences] == [(n, stored_settings[n]) for n in change
+                                                                             if stored_settings[n] != change[n]]
+    assert _snapshot(run_copy) == before
+
+
+def test_allowed_changes_resume_and_are_recorded(run_copy):
+    stored, info = load_run(run_copy)
+    trainer = Trainer(stored.replace(epochs=3, learning_rate=0.004, keep_checkpoints=5), verbose=False)
+    trainer.fit(validate=False)
+    assert trainer.resumed_from.endswith("ckpt-2")
+    assert [int(row["epoch"]) for row in read_history(run_copy)] == [0, 1, 2]
+    resumes = json.loads(open(os.path.join(run_copy, "run.json")).read())["resumes"]
+    assert len(resumes) == 1
+    assert resumes[0]["changed"] == {"epochs": [2, 3], "learning_rate": [0.008, 0.004]}  # keep_checkpoints: not a recipe change
+
+
+def test_overwrite_sets_the_old_run_aside_and_starts_afresh(run_copy):
+    stored, _ = load_run(run_copy)
+    old_run_json = open(os.path.join(run_copy, "run.json")).read()
+    trainer = Trainer(stored.replace(model="efficientnet-b0", epochs=1, steps_per_epoch=1), verbose=False,
+                      overwrite=True)
+    trainer.fit(validate=False)
+    assert open(os.path.join(f"{run_copy}.replaced-1", "run.json")).read() == old_run_json
+    assert load_run(run_copy)[0].model.name == "efficientnet-b0"
+    assert [int(row["epoch"]) for row in read_history(run_copy)] == [0]
+
+
+def _main(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "main.py", *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=600)
+
+
+def test_cli_rerun_continues_the_run_with_only_the_changes_given(run_copy):
+    """`--model_dir=RUN --epochs=3` extends the run with its own settings (not the flags' defaults)."""
+    result = _main("--mode=train", f"--model_dir={run_copy}", "--epochs=3", "--dry_run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    resolved = json.loads(result.stdout)
+    stored, _ = load_run(run_copy)
+    assert resolved["epochs"] == 3
+    for name in ("model", "image_size", "batch_size", "learning_rate", "steps_per_epoch", "seed"):
+        assert resolved[name] == stored.settings()[name], name
+
+
+def test_cli_eval_takes_the_run_config_and_refuses_contradictions(run_copy):
+    """The run is Lite0 at 32 px; --mode=eval with only --model_dir evaluates it as trained
+    (the old CLI built B0 at 224 from its defaults and failed on the checkpoint)."""
+    report = json.loads(open(os.path.join(run_copy, "eval_report.json")).read())
+    result = _main("--mode=eval", f"--model_dir={run_copy}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluation = json.loads(result.stdout[result.stdout.index("{"):])
+    assert evaluation["images"] == report["images"] and evaluation["top1"] == pytest.approx(report["top1"])
+
+    before = _snapshot(run_copy)
+    result = _main("--mode=eval", f"--model_dir={run_copy}", "--model=efficientnet-b0", "--image_size=224")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --model_dir={run_copy} holds another run: the run has --model=efficientnet-lite0, this command "
+        "--model=efficientnet-b0; the run has --image_size=32, this command --image_size=224. To go on, leave those "
+        "flags out: --mode=eval takes them from the run's run.json")
+    result = _main("--mode=train", f"--model_dir={run_copy}", "--model=efficientnet-b0", "--epochs=2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --model_dir={run_copy} holds another run: the run has --model=efficientnet-lite0, this command "
+        f"--model=efficientnet-b0. To go on, use another --model_dir, or --overwrite to start over (the old run is "
+        f"kept as {run_copy}.replaced-N)")
+    assert _snapshot(run_copy) == before
