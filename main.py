@@ -208,11 +208,17 @@ def resolved_config_json(config) -> str:
 
     native_size, num_train = config.peek_dataset()
     resolved = describe(config, plan_run(config, native_size, num_train))
+    if num_train is None:
+        resolved["resolved_note"] = (f"the size of {config.data.dataset} is not known here (not prepared, or a folder "
+                                     "not yet checked): steps per epoch, BN momentum and the LR at each step resolve "
+                                     "when training starts")
     if config.run.strategy == "tpu" or config.run.tpu:
         resolved.update(resolved_strategy="tpu", resolved_replicas=None, resolved_policy=None)  # known once connected
     else:
         strategy = distribute.make_strategy(config.run.strategy, config.run.tpu)
-        resolved.update(resolved_strategy=type(strategy).__name__, resolved_replicas=strategy.num_replicas_in_sync,
+        name = type(strategy).__name__
+        resolved.update(resolved_strategy="default (one device)" if name.startswith("_Default") else name,
+                        resolved_replicas=strategy.num_replicas_in_sync,
                         resolved_policy=distribute.mixed_precision_policy(strategy, config.run.mixed_precision))
     return json.dumps(dict(config.settings(), model_dir=config.model_dir, **resolved), indent=2)
 
@@ -279,10 +285,10 @@ def existing_run_config(model_dir: str | None = None, changeable=None) -> TrainC
     from efficientnet_tf.training.rundir import setting_changes
 
     model_dir = model_dir or _existing_model_dir()
-    stored, _ = load_run(model_dir)
+    stored, info = load_run(model_dir)
     given = train_config()
     present = {setting.name for setting in settings_of(TrainConfig) if FLAGS[setting.name].present}
-    contradictions = [d for d in setting_changes(stored, given, IDENTITY_SETTINGS) if d[0] in present]
+    contradictions = [d for d in setting_changes(stored, given, IDENTITY_SETTINGS, info) if d[0] in present]
     if contradictions:
         raise RunMismatch(model_dir, contradictions)
     changeable = RUNTIME_SETTINGS if changeable is None else changeable
@@ -293,7 +299,10 @@ def existing_run_config(model_dir: str | None = None, changeable=None) -> TrainC
 
 def run_mismatch_line(err) -> str:
     """A RunMismatch in this command line's terms: each differing flag, and the way out for this mode."""
-    listed = "; ".join(f"the run has --{name}={stored}, this command --{name}={given}"
+    def spelled(name, value):
+        return f"--{name} unset (its default)" if value is None else f"--{name}={value}"
+
+    listed = "; ".join(f"the run has {spelled(name, stored)}, this command {spelled(name, given)}"
                        for name, stored, given in err.differences)
     if FLAGS.mode in ("train", "train_and_eval"):
         way_out = (f"use another --model_dir, or --overwrite to start over (the old run is kept as "
@@ -355,8 +364,12 @@ def main(argv) -> int:
         else:
             run_training(validate=FLAGS.mode == "train_and_eval")
     except TrainingInterrupted as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(err, file=sys.stderr)
         return 128 + err.signal_number  # the shell's convention for "killed by this signal"
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print("stopped at once: the newest checkpoint on disk is kept; the same command resumes from it",
+              file=sys.stderr)
+        return 130
     except RunMismatch as err:
         print(f"error: {run_mismatch_line(err)}", file=sys.stderr)
         return 2

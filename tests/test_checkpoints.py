@@ -126,3 +126,44 @@ def test_a_readable_checkpoint_of_another_model_is_not_called_damaged(run_copy):
     with pytest.raises(ValueError, match="ckpt-2 is readable but does not match this model"):
         restore_newest_readable(other, checkpoints, partial=True)
     assert _files(checkpoints) == before
+
+
+def test_after_a_fallback_the_state_file_is_relative_and_managed(run_copy, tmp_path):
+    """The rewritten state file names checkpoints relative to their directory (a moved run reads
+    its own) with their times, so CheckpointManager keeps pruning them and a second damage can
+    still fall back."""
+    from efficientnet_tf import build_model
+    from efficientnet_tf.deploy.export import load_trained_model
+    from efficientnet_tf.training import Trainer
+    from efficientnet_tf.training.rundir import load_run
+
+    checkpoints = os.path.join(run_copy, "checkpoints")
+    DAMAGE["truncated data"](checkpoints)
+    load_trained_model(run_copy)
+    state = open(os.path.join(checkpoints, "checkpoint")).read()
+    assert 'model_checkpoint_path: "ckpt-1"' in state and "/" not in state
+    model = build_model("efficientnet-lite0", num_classes=10, input_shape=(32, 32, 3))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoints, max_to_keep=3)
+    assert [os.path.basename(p) for p in manager.checkpoints] == ["ckpt-1"]  # managed, not "preserved"
+
+    config, _ = load_run(run_copy)
+    Trainer(config, verbose=False).fit(validate=False)  # retrains epoch 2: a new ckpt-2
+    DAMAGE["zero-length data"](checkpoints)  # damaged again
+    moved = str(tmp_path / "moved_run")
+    os.rename(run_copy, moved)
+    _, info = load_trained_model(moved)
+    assert info["checkpoint"] == os.path.join(moved, "checkpoints", "ckpt-1")
+
+
+def test_a_garbage_state_file_is_kept_aside_and_training_resumes(run_copy):
+    from efficientnet_tf.training import Trainer
+    from efficientnet_tf.training.rundir import load_run
+
+    checkpoints = os.path.join(run_copy, "checkpoints")
+    with open(os.path.join(checkpoints, "checkpoint"), "wb") as f:
+        f.write(np.random.default_rng(3).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    config, _ = load_run(run_copy)
+    trainer = Trainer(config, verbose=False)
+    assert trainer.restore_for_eval() and trainer.resumed_from.endswith("ckpt-2")
+    assert "checkpoint.damaged-1" in os.listdir(checkpoints)
+    assert [os.path.basename(p) for p in trainer.manager.checkpoints] == ["ckpt-1", "ckpt-2"]

@@ -73,7 +73,7 @@ def test_ctrl_c_at_the_command_line_exits_130_with_one_line_and_the_same_command
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: stopped by SIGINT ") and "resume" in last
+    assert last.startswith("stopped by SIGINT ") and "resume" in last
     newest = tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints"))
     assert len(read_history(str(tmp_path))) == _counter(newest, "epoch")  # history matches the checkpoint
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

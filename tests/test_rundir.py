@@ -57,6 +57,20 @@ def test_overwrite_sets_the_old_run_aside_and_starts_afresh(run_copy):
     assert open(os.path.join(f"{run_copy}.replaced-1", "run.json")).read() == old_run_json
     assert load_run(run_copy)[0].model.name == "efficientnet-b0"
     assert [int(row["epoch"]) for row in read_history(run_copy)] == [0]
+    # The new run's checkpoint list is its own (not the old run's ckpt-2 carried over).
+    assert sorted(os.listdir(os.path.join(run_copy, "checkpoints"))) == [
+        "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+    assert [os.path.basename(p) for p in trainer.manager.checkpoints] == ["ckpt-1"]
+
+
+def test_a_value_equal_to_what_the_run_resolved_to_is_the_same_run(run_copy):
+    """The run left train_image_size unset and trained at 32: saying 32 explicitly continues it."""
+    stored, info = load_run(run_copy)
+    assert stored.data.train_image_size is None and info["train_image_size"] == 32
+    trainer = Trainer(stored.replace(train_image_size=32), verbose=False)
+    assert trainer.stages[-1].image_size == 32
+    with pytest.raises(RunMismatch, match="train_image_size"):
+        Trainer(stored.replace(train_image_size=48), verbose=False)
 
 
 def _main(*args):

@@ -11,38 +11,64 @@ state file is rewritten to list only readable checkpoints (so the next save does
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
 
 import tensorflow as tf
 
-from efficientnet_tf.files import move_aside
+from efficientnet_tf.files import atomic_write, move_aside
 from efficientnet_tf.training.errors import UnreadableCheckpoints
 
 log = logging.getLogger(__name__)
 
 
+_CHECKPOINT_FILE = re.compile(r"^(.+-\d+)\.(?:index|data-\d+-of-\d+)$")
+STATE_FILE = "checkpoint"  # CheckpointManager's list of checkpoints, in the directory
+
+
 def checkpoint_paths(directory: str) -> list[str]:
-    """The checkpoints in `directory`, oldest first: from its state file, else from the index files
-    present (a damaged or missing state file must not hide good checkpoints)."""
+    """The checkpoints in `directory` (prefixes such as DIR/ckpt-3), oldest first: every one with
+    an index or a data file present. The files are the truth: a state file may be damaged, stale,
+    or point into another directory (a run that was moved)."""
+    if not os.path.isdir(directory):
+        return []
+    prefixes = {match.group(1) for name in os.listdir(directory) if (match := _CHECKPOINT_FILE.match(name))}
+    return [os.path.join(directory, p) for p in sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]))]
+
+
+def write_state_file(directory: str, paths: list[str]) -> None:
+    """Rewrite the state file to list `paths` (oldest first) the way CheckpointManager writes it:
+    names relative to the directory (a moved run still reads its own) and each checkpoint's time,
+    so that the manager keeps pruning them (`keep_checkpoints`)."""
+    names = [os.path.basename(p) for p in paths]
+    times = [os.path.getmtime(f"{p}.index") if os.path.exists(f"{p}.index") else 0.0 for p in paths]
+    # CheckpointState in protobuf text format, as TF writes it (names are plain: ckpt-N).
+    lines = [f"model_checkpoint_path: {json.dumps(names[-1])}"]
+    lines += [f"all_model_checkpoint_paths: {json.dumps(name)}" for name in names]
+    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in times]
+    lines.append(f"last_preserved_timestamp: {min(times) - 1.0!r}")
+    atomic_write(os.path.join(directory, STATE_FILE), "\n".join(lines) + "\n")
+
+
+def repair_state_file(directory: str) -> None:
+    """Before a CheckpointManager reads `directory`: an unreadable state file is kept as
+    `checkpoint.damaged-N` (with a warning) and rewritten from the checkpoint files present."""
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        return
     try:
-        state = tf.train.get_checkpoint_state(directory)
+        tf.train.get_checkpoint_state(directory)
+        return
     except (tf.errors.OpError, ValueError, UnicodeDecodeError) as err:  # text_format.ParseError is a ValueError
-        log.warning("checkpoint state file in %s is unreadable (%s); using the checkpoint files present",
-                    directory, type(err).__name__)
-        state = None
-    if state is not None and state.all_model_checkpoint_paths:
-        return [_absolute(directory, p) for p in state.all_model_checkpoint_paths]
-    if state is not None and state.model_checkpoint_path:
-        return [_absolute(directory, state.model_checkpoint_path)]
-    indexes = glob.glob(os.path.join(glob.escape(directory), "*.index"))
-    prefixes = [p[: -len(".index")] for p in indexes]
-    return sorted(prefixes, key=lambda p: int(m.group(1)) if (m := re.search(r"-(\d+)$", p)) else -1)
-
-
-def _absolute(directory: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(directory, path)
+        reason = type(err).__name__
+    moved = move_aside(path, "damaged")
+    log.warning("checkpoint state file %s is unreadable (%s): kept as %s, rewritten from the checkpoints present",
+                path, reason, os.path.basename(moved))
+    paths = checkpoint_paths(directory)
+    if paths:
+        write_state_file(directory, paths)
 
 
 def unreadable_reason(path: str) -> str | None:
@@ -111,5 +137,4 @@ def _repair(directory: str, damaged: list[str], good: list[str]) -> None:
     for path in damaged:
         moved = set_aside(path)
         log.warning("damaged checkpoint %s kept as %s", path, ", ".join(os.path.basename(m) for m in moved))
-    # The TF 2 API has no public writer of the state file CheckpointManager reads; this is its own.
-    tf.compat.v1.train.update_checkpoint_state(directory, good[-1], all_model_checkpoint_paths=good)
+    write_state_file(directory, good)

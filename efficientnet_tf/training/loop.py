@@ -29,7 +29,7 @@ from efficientnet_tf.training import distribute
 from efficientnet_tf.training.config import TrainConfig
 from efficientnet_tf.training.ema import WeightAverage
 from efficientnet_tf.training.optim import l2_loss, make_optimizer
-from efficientnet_tf.training.checkpoints import restore_newest_readable
+from efficientnet_tf.training.checkpoints import repair_state_file, restore_newest_readable
 from efficientnet_tf.training.errors import TrainingDiverged, TrainingInterrupted
 from efficientnet_tf.training.rundir import RunDir, load_run, recorded_changes, run_info
 from efficientnet_tf.training.plan import plan_run
@@ -119,8 +119,9 @@ class Trainer:
                                               epoch_step=self.epoch_step, epoch_sums=self.epoch_sums,
                                               **({"ema": self.ema} if self.ema is not None else {}))
         self.checkpoint_dir = self._checkpoint_dir()
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
-                                                  max_to_keep=config.run.keep_checkpoints)
+        if self.chief and not overwrite:
+            repair_state_file(self.checkpoint_dir)  # a garbage state file would stop the manager
+        self.manager = self._new_manager()
         self._train_fns = {}
         self._eval_fns = {}
 
@@ -129,6 +130,10 @@ class Trainer:
     def _optimizer_steps(self):
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         return inner.iterations
+
+    def _new_manager(self) -> tf.train.CheckpointManager:
+        return tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
+                                          max_to_keep=self.config.run.keep_checkpoints)
 
     def _checkpoint_dir(self) -> str:
         if self.chief:
@@ -236,6 +241,7 @@ class Trainer:
                 moved = self.run_dir.set_aside()
                 self._print(f"previous run in {self.run_dir.path} moved to {moved}")
                 self.overwrite = False  # once: a second fit() continues this run
+                self.manager = self._new_manager()  # the old one listed the old run's checkpoints
             os.makedirs(self.run_dir.path, exist_ok=True)
             self._write_run_info()
         start_epoch = self._restore()
@@ -259,7 +265,9 @@ class Trainer:
         decay_text = f", x{optimizer.lr_decay_rate:g} every {decay:.3g} epochs"
         self._print(f"LR {self.base_lr:.3g} peak ({optimizer.learning_rate:g} per 256), {optimizer.lr_schedule} "
                     f"schedule, warmup {warmup:.3g} epochs" + (decay_text if optimizer.lr_schedule == "exponential" else ""))
-        if start_epoch:
+        if start_epoch >= config.run.epochs:
+            self._print(f"{self.resumed_from}: all {config.run.epochs} epochs are done (more epochs extend the run)")
+        elif start_epoch:
             self._print(f"resuming from {self.resumed_from}: epoch {start_epoch + 1} of {config.run.epochs}")
         with self._stop_on_signals():
             for stage in self.stages:
@@ -315,8 +323,13 @@ class Trainer:
         if self.previous_info is not None:
             stored, _ = load_run(self.run_dir.path)
             resumes = list(self.previous_info.get("resumes", []))
-            resumes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                            "changed": recorded_changes(stored, self.config)})
+            changed = recorded_changes(stored, self.config)
+            if changed:
+                resumes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed})
+                if "epochs" in changed and None in (self.config.optimizer.warmup_epochs,
+                                                   self.config.optimizer.lr_decay_epochs):
+                    self._print("epochs changed: the LR schedule (warmup and decay scaled to the run's length) is "
+                                "recomputed for the new length from here on")
         self.run_dir.write_info(run_info(
             self.config,
             num_classes=self.source.num_classes,
@@ -336,8 +349,7 @@ class Trainer:
         if path is None:
             return 0
         if damaged and self.chief:  # the manager read the old state file: let it read the repaired one
-            self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
-                                                      max_to_keep=self.config.run.keep_checkpoints)
+            self.manager = self._new_manager()
         self.resumed_from = path
         return int(self.epoch.numpy())
 

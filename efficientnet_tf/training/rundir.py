@@ -74,10 +74,20 @@ class RunMismatch(ValueError):
                          "or start over there with overwrite (the old run is kept, renamed)")
 
 
-def setting_changes(stored: TrainConfig, given: TrainConfig, names) -> list[tuple[str, object, object]]:
-    """(name, stored value, given value) for each of `names` that differs."""
+def setting_changes(stored: TrainConfig, given: TrainConfig, names, info: dict | None = None
+                    ) -> list[tuple[str, object, object]]:
+    """(name, stored value, given value) for each of `names` that differs. With the run's `info`,
+    an unset size counts as the size it resolved to (an explicit `image_size=32` is the same run
+    as the default that resolved to 32)."""
     old, new = stored.settings(), given.settings()
+    for name in _RESOLVED_IN_INFO:
+        if info and name in info:
+            old[name] = info[name] if old[name] is None else old[name]
+            new[name] = info[name] if new[name] is None else new[name]
     return [(name, old[name], new[name]) for name in names if old[name] != new[name]]
+
+
+_RESOLVED_IN_INFO = ("image_size", "train_image_size")  # run.json records what these resolved to
 
 
 def recorded_changes(stored: TrainConfig, given: TrainConfig) -> dict:
@@ -119,8 +129,8 @@ class RunDir:
 
     def check_same_run(self, config: TrainConfig) -> None:
         """`RunMismatch` when this directory holds a run that `config` would not continue."""
-        stored, _ = load_run(self.path)
-        differences = setting_changes(stored, config, IDENTITY_SETTINGS)
+        stored, info = load_run(self.path)
+        differences = setting_changes(stored, config, IDENTITY_SETTINGS, info)
         if differences:
             raise RunMismatch(self.path, differences)
 
