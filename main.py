@@ -142,6 +142,11 @@ flags.DEFINE_string("saved_model", None, "predict: an exported SavedModel direct
 flags.DEFINE_multi_string("image", None, "predict: image file(s); more paths may follow as plain arguments.")
 flags.DEFINE_boolean("overwrite", False, "train: when --model_dir holds a run with other settings, move it aside "
                      "(to MODEL_DIR.replaced-N, nothing is deleted) and start afresh.")
+flags.DEFINE_string("eval_dataset", None, "eval: evaluate the run on this dataset instead of its own (a TFDS name, "
+                    "folder:PATH, ...; read with the run's --data_dir, --label_key and seed). It must have the run's "
+                    "classes in the same order.")
+flags.DEFINE_enum("eval_split", "eval", ["eval", "train"], "eval: the split to evaluate: eval (the held-out or "
+                  "validation images) or train (the training images, preprocessed as for evaluation).")
 flags.DEFINE_boolean("skip_bad_images", False, "Same as --on_bad_image=skip (kept for older command lines).")
 flags.DEFINE_enum("tf_log_level", None, ["0", "1", "2", "3"], "TensorFlow's C++ log level (TF_CPP_MIN_LOG_LEVEL): "
                   "0 shows everything, 1 hides INFO, 2 also WARNING, 3 also ERROR. Default: TF_CPP_MIN_LOG_LEVEL "
@@ -230,10 +235,17 @@ def run_eval() -> None:
 
     config = existing_run_config()
     seed_process(config)
-    trainer = Trainer(config)
+    eval_source = None
+    if FLAGS.eval_dataset:
+        # Read like the run's own data (data_dir, seed, held-out share); a TFDS label_key only for TFDS.
+        tfds_only = FLAGS.eval_dataset in ("digits", "synthetic") or FLAGS.eval_dataset.startswith("folder:")
+        eval_source = config.replace(dataset=FLAGS.eval_dataset,
+                                     label_key="label" if tfds_only else config.data.label_key).load_source()
+    trainer = Trainer(config, eval_source=eval_source)
     if not trainer.restore_for_eval():
         raise FileNotFoundError(f"no checkpoint in {trainer.run_dir.checkpoints}: train first (--mode=train)")
-    print(json.dumps(trainer.evaluate(), indent=2))
+    report = trainer.evaluate(split=FLAGS.eval_split)
+    print(json.dumps(dict(report, dataset=trainer.source.name, split=FLAGS.eval_split), indent=2))
 
 
 def run_plot() -> None:
@@ -309,6 +321,8 @@ def run_mismatch_line(err) -> str:
                    f"{err.model_dir}.replaced-N)")
     else:
         way_out = f"leave those flags out: --mode={FLAGS.mode} takes them from the run's run.json"
+        if FLAGS.mode == "eval" and any(name == "dataset" for name, _, _ in err.differences):
+            way_out += " (to evaluate another dataset with the same classes, name it with --eval_dataset)"
     return f"--model_dir={err.model_dir} holds another run: {listed}. To go on, {way_out}"
 
 
@@ -344,6 +358,9 @@ def main(argv) -> int:
     extra = argv[1:]
     if extra and FLAGS.mode != "predict":
         raise app.UsageError(f"unexpected arguments: {' '.join(extra)}")
+    for name in ("eval_dataset", "eval_split"):
+        if FLAGS[name].present and FLAGS.mode != "eval":
+            raise app.UsageError(f"--{name} applies to --mode=eval, not --mode={FLAGS.mode}")
     import_tensorflow_quietly(tf_log_level(FLAGS.tf_log_level))
     quiet_python_logging()
 

@@ -113,3 +113,67 @@ def test_cli_eval_takes_the_run_config_and_refuses_contradictions(run_copy):
         f"--model=efficientnet-b0. To go on, use another --model_dir, or --overwrite to start over (the old run is "
         f"kept as {run_copy}.replaced-N)")
     assert _snapshot(run_copy) == before
+
+
+def _write_digits_folder(root, run_info):
+    """The run's own digits split as PNG files (lossless: the images are uint8): train/ and val/,
+    one folder per class, named as the digits classes."""
+    from PIL import Image
+
+    from efficientnet_tf.data.sources import digits_split
+
+    images, labels, train_idx, eval_idx = digits_split(run_info["config"]["data"]["validation_fraction"] or 0.2,
+                                                       run_info["config"]["run"]["seed"] or 0)
+    for split, indices in (("train", train_idx), ("val", eval_idx)):
+        for i in indices:
+            folder = root / split / str(labels[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).save(folder / f"{i}.png")
+    return len(train_idx), len(eval_idx)
+
+
+def test_eval_on_another_dataset_with_the_same_classes_is_said_explicitly(run_copy, tmp_path):
+    """The run's held-out digits, written out as a folder: --eval_dataset gives the run's own
+    top-1 on them; a folder of other classes, or --dataset, is refused in one line."""
+    info = json.loads(open(os.path.join(run_copy, "run.json")).read())
+    report = json.loads(open(os.path.join(run_copy, "eval_report.json")).read())
+    _, num_eval = _write_digits_folder(tmp_path / "digits_png", info)
+    result = _main("--mode=eval", f"--model_dir={run_copy}", f"--eval_dataset=folder:{tmp_path / 'digits_png'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluation = json.loads(result.stdout[result.stdout.index("{"):])
+    assert evaluation["images"] == report["images"] == num_eval
+    assert evaluation["top1"] == pytest.approx(report["top1"], abs=1e-6)
+    assert evaluation["dataset"] == f"folder:{tmp_path / 'digits_png'}" and evaluation["split"] == "eval"
+
+    (tmp_path / "digits_png" / "val" / "9").rename(tmp_path / "digits_png" / "val" / "nine")
+    (tmp_path / "digits_png" / "train" / "9").rename(tmp_path / "digits_png" / "train" / "nine")
+    result = _main("--mode=eval", f"--model_dir={run_copy}", f"--eval_dataset=folder:{tmp_path / 'digits_png'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: folder:{tmp_path / 'digits_png'} has 10 classes (0, 1, 2, 3, 4, 5, ...), the run was trained on "
+        "digits's 10 (0, 1, 2, 3, 4, 5, ...): another dataset can be evaluated only with the same classes in the same "
+        "order")
+    result = _main("--mode=eval", f"--model_dir={run_copy}", "--dataset=synthetic")
+    assert result.returncode == 2 and result.stderr.strip().endswith("name it with --eval_dataset)")
+    result = _main("--mode=train", f"--model_dir={run_copy}", "--eval_dataset=digits")
+    assert result.returncode == 1 and "--eval_dataset applies to --mode=eval, not --mode=train" in result.stderr
+
+
+def test_the_train_split_is_evaluated_with_eval_preprocessing(run_copy, tmp_path):
+    """split='train' reads the run's training images: the same count and top-1 as those images
+    written out as PNG files and read back as another dataset's training split."""
+    from efficientnet_tf.data.sources import get_source
+
+    stored, info = load_run(run_copy)
+    num_train, _ = _write_digits_folder(tmp_path / "digits_png", info)
+    own = Trainer(stored, verbose=False)
+    assert own.restore_for_eval()
+    ours = own.evaluate(split="train")
+    other = Trainer(stored, verbose=False, eval_source=get_source(f"folder:{tmp_path / 'digits_png'}"))
+    assert other.restore_for_eval()
+    theirs = other.evaluate(split="train")
+    assert ours["images"] == theirs["images"] == num_train
+    assert ours["top1"] == pytest.approx(theirs["top1"], abs=1e-6)
+    assert ours["top1"] != pytest.approx(own.evaluate()["top1"], abs=1e-6)  # not the eval split again
+    with pytest.raises(ValueError, match="cannot train it"):
+        other.fit()

@@ -108,11 +108,14 @@ def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
 
 def make_dataset(source: Source, config: PipelineConfig, training: bool,
                  input_context: tf.distribute.InputContext | None = None, epoch: int = 0,
-                 repeat: bool = False) -> tf.data.Dataset:
-    """One input pipeline; under a strategy, one per input worker (`input_context`)."""
+                 repeat: bool = False, split: str | None = None) -> tf.data.Dataset:
+    """One input pipeline; under a strategy, one per input worker (`input_context`). `split`
+    ('train' or 'eval') defaults to the one `training` reads: training images with training
+    preprocessing, eval images with eval preprocessing."""
     seed = config.seed if config.seed is not None else int(np.random.default_rng().integers(2**31))
     batch = config.global_batch_size
-    ds = source.examples("train" if training else "eval", shuffle_files=training, seed=seed + epoch)
+    split = split or ("train" if training else "eval")
+    ds = source.examples(split, shuffle_files=training, seed=seed + epoch)
     _warn_if_images_look_unit_scaled(ds)
     if input_context is not None:
         batch = per_replica_batch_size(config.global_batch_size, input_context.num_replicas_in_sync)
@@ -139,7 +142,7 @@ def make_dataset(source: Source, config: PipelineConfig, training: bool,
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.seed is not None)
     drop = training if config.drop_remainder is None else config.drop_remainder
     if config.pad_eval and not training:
-        ds = _pad_with_zero_weights(ds, _eval_count(source), batch, size, input_context)
+        ds = _pad_with_zero_weights(ds, _example_count(source, split), batch, size, input_context)
         drop = True
     ds = ds.batch(batch, drop_remainder=drop)
     one_hot = config.one_hot or (training and config.augment.mixes_labels)
@@ -162,14 +165,16 @@ def _warn_if_images_look_unit_scaled(ds: tf.data.Dataset, examples: int = 4) -> 
     warn_if_unit_scaled([image.numpy() for image, *_ in ds.take(examples)], "input pipeline")
 
 
-def _eval_count(source: Source) -> int:
-    """Eval examples, for padding: the source's count, else (a source that does not know it) one pass."""
-    if source.num_eval is not None:
-        return source.num_eval
-    ds = source.examples("eval")
+def _example_count(source: Source, split: str) -> int:
+    """The split's examples, for padding: the source's count, else (a source that does not know
+    it) one pass."""
+    known = source.num_train if split == "train" else source.num_eval
+    if known is not None:
+        return known
+    ds = source.examples(split)
     count = int(ds.cardinality())
     if count < 0:
-        log.info("%s does not say how many eval examples it has: counting them (one pass)", source.name)
+        log.info("%s does not say how many %s examples it has: counting them (one pass)", source.name, split)
         count = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
     return count
 
@@ -189,9 +194,9 @@ def _pad_with_zero_weights(ds, num_examples: int, batch: int, size: int, input_c
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, source: Source, config: PipelineConfig,
-                        training: bool, epoch: int = 0, repeat: bool = False):
+                        training: bool, epoch: int = 0, repeat: bool = False, split: str | None = None):
     """Per-replica batches: each input worker builds its own shard of the pipeline."""
     per_replica_batch_size(config.global_batch_size, strategy.num_replicas_in_sync)  # fail early
     return strategy.distribute_datasets_from_function(
-        lambda ctx: make_dataset(source, config, training, input_context=ctx, epoch=epoch, repeat=repeat)
+        lambda ctx: make_dataset(source, config, training, input_context=ctx, epoch=epoch, repeat=repeat, split=split)
     )

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, per_replica_batch_size
+from efficientnet_tf.data.sources import Source
 from efficientnet_tf.models.builder import build_model
 from efficientnet_tf.models.scopes import dtype_policy, random_seed
 from efficientnet_tf.training import distribute
@@ -31,7 +32,7 @@ from efficientnet_tf.training.ema import WeightAverage
 from efficientnet_tf.training.optim import l2_loss, make_optimizer
 from efficientnet_tf.training.checkpoints import repair_state_file, restore_newest_readable
 from efficientnet_tf.training.errors import TrainingDiverged, TrainingInterrupted
-from efficientnet_tf.training.rundir import RunDir, load_run, recorded_changes, run_info
+from efficientnet_tf.training.rundir import NotARunError, RunDir, check_same_classes, load_run, recorded_changes, run_info
 from efficientnet_tf.training.plan import plan_run
 from efficientnet_tf.training.stages import Stage, augmented_batch, stage_pipeline
 
@@ -48,12 +49,20 @@ class Trainer:
     (`MODEL_DIR.replaced-N`) and starts afresh. Keras' global state is left as found: the model
     is built under the run's dtype policy and seed in scopes that restore both (the CLI seeds
     the whole process itself).
+
+    Args:
+        config: the run's settings.
+        verbose: print progress (as Keras' fit does).
+        strategy: a distribution strategy; default: the one `config.run.strategy` names.
+        overwrite: set an existing run in model_dir aside and start afresh.
+        eval_source: a `data.sources.Source` to evaluate the trained run on instead of its own
+            dataset; it must have the run's classes in the same order. Such a Trainer evaluates
+            and cannot `fit()`.
     """
 
     def __init__(self, config: TrainConfig, verbose: bool = True, strategy: tf.distribute.Strategy | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, eval_source: Source | None = None):
         config.validate()
-        self.config = config
         self.verbose = verbose
         self.overwrite = overwrite
         self.run_dir = RunDir(config.model_dir)
@@ -61,6 +70,15 @@ class Trainer:
         if self.run_dir.exists() and not overwrite:
             self.run_dir.check_same_run(config)  # before any data, model or file is touched
             self.previous_info = self.run_dir.read_info()
+        self.evaluates_only = eval_source is not None
+        if eval_source is not None:
+            if self.previous_info is None:
+                raise NotARunError(f"eval_source evaluates a trained run: {config.model_dir} holds none (train first)")
+            check_same_classes(eval_source, self.previous_info, config.data.dataset)
+            # The run's own sizes: the other dataset's native size would resolve unset ones differently.
+            config = config.replace(image_size=self.previous_info["image_size"],
+                                    train_image_size=self.previous_info["train_image_size"])
+        self.config = config
         self.strategy = strategy or distribute.make_strategy(config.run.strategy, config.run.tpu)
         self.replicas = self.strategy.num_replicas_in_sync
         per_replica_batch_size(config.run.batch_size, self.replicas)
@@ -69,7 +87,7 @@ class Trainer:
         self.device = distribute.device_kind(self.strategy)
         self.jit_compile = config.run.jit_compile if config.run.jit_compile is not None else self.device == "tpu"
 
-        self.source = config.load_source()
+        self.source = eval_source or config.load_source()
         network = config.model
         self.plan = plan_run(config, self.source.native_size, self.source.num_train or config.run.batch_size)
         # image_size: evaluation and export; train_image_size: training (V2: smaller).
@@ -236,6 +254,9 @@ class Trainer:
         """Train all stages (resuming from the last checkpoint); with `validate`, evaluate every
         epoch and return the final eval report (also written to model_dir/eval_report.json)."""
         config = self.config
+        if self.evaluates_only:
+            raise ValueError(f"this Trainer reads {self.source.name}, not its run's dataset {config.data.dataset}: "
+                             "it evaluates the run and cannot train it")
         if self.chief:
             if self.overwrite and os.path.exists(self.run_dir.path):
                 moved = self.run_dir.set_aside()
@@ -477,15 +498,17 @@ class Trainer:
         if not self.chief:
             shutil.rmtree(os.path.dirname(self.checkpoint_dir), ignore_errors=True)
 
-    def evaluate(self, image_size: int | None = None, confusion: bool = False) -> dict:
-        """Top-1/top-5/loss on the eval split at `image_size` (default: the run's evaluation size),
-        with the EMA weights when the run keeps them; with `confusion`, also the confusion matrix
-        (rows: true class) as a numpy array."""
+    def evaluate(self, image_size: int | None = None, confusion: bool = False, split: str = "eval") -> dict:
+        """Top-1/top-5/loss on `split` ('eval', or 'train': the training images, preprocessed for
+        evaluation) at `image_size` (default: the run's evaluation size), with the EMA weights
+        when the run keeps them; with `confusion`, also the confusion matrix (rows: true class)
+        as a numpy array."""
         size = image_size or self.image_size
         stage = dataclasses.replace(self.stages[-1], image_size=size)
         # Full batches padded with zero-weight examples: static shapes (TPU), the same number of
         # steps on every worker (collectives), no empty replica batch, every example counted once.
-        dataset = distributed_dataset(self.strategy, self.source, self._pipeline(stage, False), training=False)
+        dataset = distributed_dataset(self.strategy, self.source, self._pipeline(stage, False), training=False,
+                                      split=split)
         if confusion not in self._eval_fns:
             self._eval_fns[confusion] = self._make_eval_fn(confusion)
         eval_fn = self._eval_fns[confusion]

@@ -96,6 +96,20 @@ def recorded_changes(stored: TrainConfig, given: TrainConfig) -> dict:
     return {name: [old, new] for name, old, new in setting_changes(stored, given, names)}
 
 
+def check_same_classes(source, info: dict, run_dataset: str) -> None:
+    """ValueError unless `source` has the classes the run in `info` was trained on, in the same
+    order (label i must mean the same class to the model)."""
+    names, run_names = list(source.class_names), list(info.get("class_names") or [])
+    differs = source.num_classes != info["num_classes"] or (names and run_names and names != run_names)
+    if differs:
+        def shown(values):
+            return ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")
+
+        raise ValueError(f"{source.name} has {source.num_classes} classes ({shown(names)}), the run was trained on "
+                         f"{run_dataset}'s {info['num_classes']} ({shown(run_names)}): another dataset can be "
+                         "evaluated only with the same classes in the same order")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """Paths in one run directory, and the reading and writing of its files."""
