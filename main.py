@@ -239,8 +239,11 @@ def run_eval() -> None:
     if FLAGS.eval_dataset:
         # Read like the run's own data (data_dir, seed, held-out share); a TFDS label_key only for TFDS.
         tfds_only = FLAGS.eval_dataset in ("digits", "synthetic") or FLAGS.eval_dataset.startswith("folder:")
-        eval_source = config.replace(dataset=FLAGS.eval_dataset,
-                                     label_key="label" if tfds_only else config.data.label_key).load_source()
+        try:
+            eval_source = config.replace(dataset=FLAGS.eval_dataset,
+                                         label_key="label" if tfds_only else config.data.label_key).load_source()
+        except SettingError as err:  # it names --dataset, the run's setting: say which flag it was
+            raise ValueError(f"--eval_dataset={FLAGS.eval_dataset}: {err}") from None
     trainer = Trainer(config, eval_source=eval_source)
     if not trainer.restore_for_eval():
         raise FileNotFoundError(f"no checkpoint in {trainer.run_dir.checkpoints}: train first (--mode=train)")

@@ -153,6 +153,10 @@ def test_eval_on_another_dataset_with_the_same_classes_is_said_explicitly(run_co
         f"error: folder:{tmp_path / 'digits_png'} has 10 classes (0, 1, 2, 3, 4, 5, ...), the run was trained on "
         "digits's 10 (0, 1, 2, 3, 4, 5, ...): another dataset can be evaluated only with the same classes in the same "
         "order")
+    result = _main("--mode=eval", f"--model_dir={run_copy}", "--eval_dataset=no_such_dataset")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: --eval_dataset=no_such_dataset: unknown dataset 'no_such_dataset'")
     result = _main("--mode=eval", f"--model_dir={run_copy}", "--dataset=synthetic")
     assert result.returncode == 2 and result.stderr.strip().endswith("name it with --eval_dataset)")
     result = _main("--mode=train", f"--model_dir={run_copy}", "--eval_dataset=digits")
