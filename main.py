@@ -142,9 +142,6 @@ flags.DEFINE_string("saved_model", None, "predict: an exported SavedModel direct
 flags.DEFINE_multi_string("image", None, "predict: image file(s); more paths may follow as plain arguments.")
 flags.DEFINE_boolean("overwrite", False, "train: when --model_dir holds a run with other settings, move it aside "
                      "(to MODEL_DIR.replaced-N, nothing is deleted) and start afresh.")
-flags.DEFINE_string("eval_dataset", None, "eval: evaluate the run on this dataset instead of its own (a TFDS name, "
-                    "folder:PATH, ...; read with the run's --data_dir, --label_key and seed). It must have the run's "
-                    "classes in the same order.")
 flags.DEFINE_enum("eval_split", "eval", ["eval", "train"], "eval: the split to evaluate: eval (the held-out or "
                   "validation images) or train (the training images, preprocessed as for evaluation).")
 flags.DEFINE_boolean("skip_bad_images", False, "Same as --on_bad_image=skip (kept for older command lines).")
@@ -233,17 +230,23 @@ def run_eval() -> None:
 
     from efficientnet_tf.training.loop import Trainer
 
-    config = existing_run_config()
+    config = existing_run_config(evaluated_elsewhere=("eval_dataset",))
     seed_process(config)
     eval_source = None
-    if FLAGS.eval_dataset:
-        # Read like the run's own data (data_dir, seed, held-out share); a TFDS label_key only for TFDS.
-        tfds_only = FLAGS.eval_dataset in ("digits", "synthetic") or FLAGS.eval_dataset.startswith("folder:")
+    other = FLAGS.eval_dataset
+    if other and other != config.data.eval_dataset:
+        # Read like the run's own data (data_dir, seed, held-out share); a TFDS label_key only for
+        # TFDS; tfrecord files: all their records evaluate, labelled with the run's class names.
+        from efficientnet_tf.training.rundir import RunDir
+
+        tfds = not other.startswith(("folder:", "tfrecord:")) and other not in ("digits", "synthetic")
         try:
-            eval_source = config.replace(dataset=FLAGS.eval_dataset,
-                                         label_key="label" if tfds_only else config.data.label_key).load_source()
+            eval_source = config.replace(
+                dataset=other, label_key=config.data.label_key if tfds else "label",
+                eval_dataset=other if other.startswith("tfrecord:") else None,
+            ).load_source(class_names=RunDir(config.model_dir).read_info()["class_names"])
         except SettingError as err:  # it names --dataset, the run's setting: say which flag it was
-            raise ValueError(f"--eval_dataset={FLAGS.eval_dataset}: {err}") from None
+            raise ValueError(f"--eval_dataset={other}: {err}") from None
     trainer = Trainer(config, eval_source=eval_source)
     if not trainer.restore_for_eval():
         raise FileNotFoundError(f"no checkpoint in {trainer.run_dir.checkpoints}: train first (--mode=train)")
@@ -291,10 +294,11 @@ def run_predict(extra_images) -> None:
     print(format_predictions(images, predictor(images)))
 
 
-def existing_run_config(model_dir: str | None = None, changeable=None) -> TrainConfig:
+def existing_run_config(model_dir: str | None = None, changeable=None, evaluated_elsewhere=()) -> TrainConfig:
     """The config of the run in `model_dir` (default: --model_dir, which must exist), from its
     run.json, with the settings given on this command line applied. Given settings that
-    contradict the run's identity are an error (`RunMismatch`); of the others, those named in
+    contradict the run's identity are an error (`RunMismatch`), except those named in
+    `evaluated_elsewhere` (the caller reads them itself); of the others, those named in
     `changeable` apply (default: only the ones about this process: data_dir, strategy, ...)."""
     from efficientnet_tf.training.rundir import IDENTITY_SETTINGS, RUNTIME_SETTINGS, RunMismatch, load_run
     from efficientnet_tf.training.rundir import setting_changes
@@ -303,7 +307,8 @@ def existing_run_config(model_dir: str | None = None, changeable=None) -> TrainC
     stored, info = load_run(model_dir)
     given = train_config()
     present = {setting.name for setting in settings_of(TrainConfig) if FLAGS[setting.name].present}
-    contradictions = [d for d in setting_changes(stored, given, IDENTITY_SETTINGS, info) if d[0] in present]
+    contradictions = [d for d in setting_changes(stored, given, IDENTITY_SETTINGS, info)
+                      if d[0] in present and d[0] not in evaluated_elsewhere]
     if contradictions:
         raise RunMismatch(model_dir, contradictions)
     changeable = RUNTIME_SETTINGS if changeable is None else changeable
@@ -361,9 +366,8 @@ def main(argv) -> int:
     extra = argv[1:]
     if extra and FLAGS.mode != "predict":
         raise app.UsageError(f"unexpected arguments: {' '.join(extra)}")
-    for name in ("eval_dataset", "eval_split"):
-        if FLAGS[name].present and FLAGS.mode != "eval":
-            raise app.UsageError(f"--{name} applies to --mode=eval, not --mode={FLAGS.mode}")
+    if FLAGS["eval_split"].present and FLAGS.mode != "eval":
+        raise app.UsageError(f"--eval_split applies to --mode=eval, not --mode={FLAGS.mode}")
     import_tensorflow_quietly(tf_log_level(FLAGS.tf_log_level))
     quiet_python_logging()
 

@@ -1,13 +1,16 @@
 """One worker of the two-process MultiWorkerMirroredStrategy test (run by test_trainer.py).
 
-usage: multiworker_worker.py TASK_INDEX PORT0 PORT1 MODEL_DIR OUT.npz
+usage: multiworker_worker.py TASK_INDEX PORT0 PORT1 MODEL_DIR OUT.npz RECORDS_DIR
+
+RECORDS_DIR holds the digits as tensorflow/tpu-format train-* and validation-* TFRecord files.
 """
 
 import json
+import logging
 import os
 import sys
 
-task, port0, port1, model_dir, out = sys.argv[1:6]
+task, port0, port1, model_dir, out, records = sys.argv[1:7]
 os.environ["TF_CONFIG"] = json.dumps({
     "cluster": {"worker": [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]},
     "task": {"type": "worker", "index": int(task)},
@@ -18,8 +21,15 @@ import numpy as np  # noqa: E402
 
 from efficientnet_tf.training import TrainConfig, Trainer  # noqa: E402
 
-config = TrainConfig.from_settings(model="efficientnet-b0", dataset="digits", model_dir=model_dir, epochs=2, steps_per_epoch=3,
-                                   batch_size=16, image_size=32, strategy="auto", dropout_rate=0.0, drop_connect_rate=0.0, seed=0)
+# Which files each input pipeline reads is logged at INFO: the test reads it from this output.
+handler = logging.StreamHandler(sys.stdout)
+logging.getLogger("efficientnet_tf.data.sources").addHandler(handler)
+logging.getLogger("efficientnet_tf.data.sources").setLevel(logging.INFO)
+config = TrainConfig.from_settings(model="efficientnet-b0", dataset=f"tfrecord:{records}/train-*",
+                                   eval_dataset=f"tfrecord:{records}/validation-*",
+                                   class_names_file=f"{records}/classes.txt", model_dir=model_dir, epochs=2,
+                                   steps_per_epoch=3, batch_size=16, image_size=32, strategy="auto", dropout_rate=0.0,
+                                   drop_connect_rate=0.0, seed=0)
 trainer = Trainer(config, verbose=False)
 assert trainer.replicas == 2, trainer.replicas
 report = trainer.fit(validate=True)

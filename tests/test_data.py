@@ -76,7 +76,7 @@ def test_small_images_keep_most_of_the_picture():
     image = np.zeros((32, 32, 3), np.uint8)
     image[:, :16] = 255  # left half white
     source = data_lib.Source("toy", 2, ("a", "b"), 64, 64, 32, True,
-                             lambda split, shuffle, seed: tf.data.Dataset.from_tensors((image, 0)).repeat(64))
+                             lambda split, shuffle, seed, shard: tf.data.Dataset.from_tensors((image, 0)).repeat(64))
     config = PipelineConfig(image_size=64, global_batch_size=64, seed=0, random_flip=False)
     images, _ = next(iter(make_dataset(source, config, training=True)))
     white_share = (images.numpy().mean(axis=-1) > 127).mean(axis=(1, 2))

@@ -70,7 +70,11 @@ def fake_tfds(data_dir, name, split_sizes):
 
     def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
         split = str(split)
-        order = np.arange(split_sizes[split])
+        order = np.arange(split_sizes[split.split("[")[0]])
+        if "[" in split:  # a subsplit "name[start:end]", as TFDS reads it (absolute example numbers)
+            split, bounds = split[:-1].split("[")
+            start, end = (int(b) for b in bounds.split(":"))
+            order = order[start:end]
         if shuffle_files:  # as TFDS does: another order, so that position cannot be relied on
             order = np.random.default_rng(read_config.shuffle_seed if read_config else None).permutation(order)
         images = [_fake_image(i, split, shape) for i in order]
@@ -354,7 +358,7 @@ def _toy_source(images, num_eval):
     images = np.asarray(images)
     labels = np.zeros(len(images), np.int32)
     return Source("toy", 2, ("a", "b"), len(images), num_eval, None, True,
-                  lambda split, shuffle, seed: tf.data.Dataset.from_tensor_slices((images, labels)))
+                  lambda split, shuffle, seed, shard: tf.data.Dataset.from_tensor_slices((images, labels)))
 
 
 def test_pipeline_warns_once_about_images_scaled_to_0_1():
@@ -379,3 +383,25 @@ def test_padded_eval_of_a_source_that_does_not_know_its_eval_count():
     batches = list(make_dataset(_toy_source(images, None), config, training=False))
     weights = np.concatenate([w.numpy() for _, _, w in batches])
     assert weights.sum() == 10 and len(weights) == 12
+
+
+# ---------------------------------------------------------------- shards of a distributed input
+
+
+@pytest.mark.parametrize("splits", [{"train": 60}, {"train": 40, "test": 13}])
+@pytest.mark.parametrize("count", [2, 3])
+def test_tfds_shards_are_contiguous_ranges_that_partition_each_split(tmp_path, splits, count):
+    """Each input pipeline reads its own range of examples (TFDS opens only the files holding
+    it): the shards partition the split, held-out share included, with the sizes the source
+    reports for padding."""
+    name = "tf_flowers" if len(splits) == 1 else "cifar10"
+    with fake_tfds(tmp_path, name, splits):
+        source = get_source(name, data_dir=str(tmp_path))
+        for split in ("train", "eval"):
+            whole = sorted(i for (_, i), _ in _read(source, split))
+            shards = [[i for (_, i), _ in ((_identity(x), y) for x, y in source.examples(split, shard=(count, k)))]
+                      for k in range(count)]
+            assert sorted(i for shard in shards for i in shard) == whole
+            assert [len(shard) for shard in shards] == source.shard_sizes(split, count)
+            if len(splits) > 1:  # the split's own examples: contiguous ranges
+                assert all(sorted(shard) == list(range(min(shard), max(shard) + 1)) for shard in shards)

@@ -159,7 +159,7 @@ def test_every_setting_is_a_flag_with_the_declared_default_and_choices():
     declared = {s.name for c in (TrainConfig, ExportConfig) for s in settings_of(c)}
     assert set(defined_by_hand) & declared == set(), "main.py defines a config setting by hand"
     assert set(defined_by_hand) <= {"mode", "dry_run", "saved_model", "image", "skip_bad_images", "tf_log_level",
-                                    "overwrite", "eval_dataset", "eval_split"}
+                                    "overwrite", "eval_split"}
 
 
 def test_flat_settings_round_trip_and_reject_unknown_names():

@@ -159,8 +159,8 @@ def test_eval_on_another_dataset_with_the_same_classes_is_said_explicitly(run_co
         "error: --eval_dataset=no_such_dataset: unknown dataset 'no_such_dataset'")
     result = _main("--mode=eval", f"--model_dir={run_copy}", "--dataset=synthetic")
     assert result.returncode == 2 and result.stderr.strip().endswith("name it with --eval_dataset)")
-    result = _main("--mode=train", f"--model_dir={run_copy}", "--eval_dataset=digits")
-    assert result.returncode == 1 and "--eval_dataset applies to --mode=eval, not --mode=train" in result.stderr
+    result = _main("--mode=train", f"--model_dir={run_copy}", "--eval_split=train")
+    assert result.returncode == 1 and "--eval_split applies to --mode=eval, not --mode=train" in result.stderr
 
 
 def test_the_train_split_is_evaluated_with_eval_preprocessing(run_copy, tmp_path):

@@ -84,10 +84,16 @@ def _free_port():
 
 
 def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
+    """Two workers train from 4 TFRecord files, each reading only its own 2 (and 1 of the 2
+    validation files), and end with the same weights."""
+    from tfrecords import write_digits_records
+
+    write_digits_records(str(tmp_path / "records"), train_files=4, eval_files=2)
     ports = [str(_free_port()), str(_free_port())]
     worker = os.path.join(os.path.dirname(__file__), "multiworker_worker.py")
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    procs = [subprocess.Popen([sys.executable, worker, str(i), *ports, str(tmp_path / "run"), str(tmp_path / f"w{i}.npz")],
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "EFFICIENTNET_TF_CACHE": str(tmp_path / ".cache")}
+    procs = [subprocess.Popen([sys.executable, worker, str(i), *ports, str(tmp_path / "run"), str(tmp_path / f"w{i}.npz"),
+                               str(tmp_path / "records")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
     outputs = []
     for p in procs:
@@ -108,6 +114,11 @@ def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "checkpoint")  # the chief kept checkpoints
     assert not any(n.startswith(".worker") for n in os.listdir(tmp_path / "run"))  # worker 1 cleaned up
     assert "chief=True" in outputs[0] and "chief=False" in outputs[1]
+    for task, output in enumerate(outputs):
+        assert (f"train: input pipeline {task + 1} of 2 reads 2 file(s): train-0000{task}-of-00004, "
+                f"train-0000{task + 2}-of-00004") in output
+        assert f"eval: input pipeline {task + 1} of 2 reads 1 file(s): validation-0000{task}-of-00002" in output
+        assert "reads 4 file(s)" not in output and "every pipeline reads every file" not in output
 
 
 def test_bn_momentum_follows_epoch_length():

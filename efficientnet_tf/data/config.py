@@ -5,6 +5,7 @@ The command line builds its flags from these declarations.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from efficientnet_tf.settings import SettingError, setting
 
@@ -35,6 +36,16 @@ class DataConfig:
                              "label_category).")
     on_bad_image: str = setting("error", "folder: datasets: 'error' names unreadable files and stops; 'skip' "
                                 "leaves them out and counts them.", choices=ON_BAD_IMAGE)
+    eval_dataset: str | None = setting(
+        None, "Training on tfrecord:GLOB: tfrecord:GLOB of the evaluation files (default: a seeded held-out share "
+        "of the training records). Evaluating a trained run (eval mode): evaluate it on this dataset instead (TFDS name, folder:PATH, "
+        "tfrecord:GLOB: all its records) if it has the run's classes in the same order.")
+    tfrecord_image_key: str = setting("image/encoded", "tfrecord: datasets: the feature holding the encoded image.")
+    tfrecord_label_key: str = setting("image/class/label", "tfrecord: datasets: the integer class feature.")
+    tfrecord_label_offset: int = setting(1, "tfrecord: datasets: the number of the first class (tensorflow/tpu's "
+                                         "ImageNet files count from 1).")
+    class_names_file: str | None = setting(None, "tfrecord: datasets: a text file with one class name per line, in "
+                                           "label order; default: the 1000 ImageNet classes.")
 
     def validate(self) -> None:
         for name in ("image_size", "train_image_size"):
@@ -46,6 +57,21 @@ class DataConfig:
                                f"default), got {self.validation_fraction}")
         if not isinstance(self.label_key, str) or not self.label_key.strip():
             raise SettingError("label_key", f"label_key must be a feature name such as 'label', got {self.label_key!r}")
+        for name in ("tfrecord_image_key", "tfrecord_label_key"):
+            if not getattr(self, name).strip():
+                raise SettingError(name, f"{name} must be a feature name such as 'image/encoded', got ''")
+        if self.eval_dataset is not None and not self.eval_dataset.strip():
+            raise SettingError("eval_dataset", "eval_dataset must name a dataset (or be left unset), got ''")
+
+    def class_names(self) -> list[str] | None:
+        """The names in class_names_file (None when unset)."""
+        if self.class_names_file is None:
+            return None
+        path = os.path.expanduser(self.class_names_file)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"class_names_file {self.class_names_file!r} does not exist")
+        with open(path, encoding="utf8") as f:
+            return [line.strip() for line in f if line.strip()]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,19 +108,23 @@ def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
 
 def make_dataset(source: Source, config: PipelineConfig, training: bool,
                  input_context: tf.distribute.InputContext | None = None, epoch: int = 0,
-                 repeat: bool = False, split: str | None = None) -> tf.data.Dataset:
+                 repeat: bool = False, split: str | None = None, skip_steps: int = 0) -> tf.data.Dataset:
     """One input pipeline; under a strategy, one per input worker (`input_context`). `split`
     ('train' or 'eval') defaults to the one `training` reads: training images with training
-    preprocessing, eval images with eval preprocessing."""
+    preprocessing, eval images with eval preprocessing. `skip_steps`: start after that many
+    global batches (a resumed epoch), skipped before decoding; every later batch is the one an
+    uninterrupted pipeline gives (per-example augmentation is seeded by position)."""
     seed = config.seed if config.seed is not None else int(np.random.default_rng().integers(2**31))
     batch = config.global_batch_size
     split = split or ("train" if training else "eval")
-    ds = source.examples(split, shuffle_files=training, seed=seed + epoch)
-    _warn_if_images_look_unit_scaled(ds)
+    shard, replicas_per_pipeline = None, 1
     if input_context is not None:
         batch = per_replica_batch_size(config.global_batch_size, input_context.num_replicas_in_sync)
+        replicas_per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
         if input_context.num_input_pipelines > 1:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
+    ds = source.examples(split, shuffle_files=training, seed=seed + epoch, shard=shard)
+    _warn_if_images_look_unit_scaled(ds)
     if config.cache:
         ds = ds.cache()
     if training:
@@ -139,10 +143,13 @@ def make_dataset(source: Source, config: PipelineConfig, training: bool,
             image = preprocess_eval(image, size, config.crop_padding)
         return image, label
 
-    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.seed is not None)
+    ds = ds.enumerate()
+    if skip_steps:
+        ds = ds.skip(skip_steps * batch * replicas_per_pipeline)  # this pipeline's share of each global batch
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.seed is not None)
     drop = training if config.drop_remainder is None else config.drop_remainder
     if config.pad_eval and not training:
-        ds = _pad_with_zero_weights(ds, _example_count(source, split), batch, size, input_context)
+        ds = _pad_with_zero_weights(ds, _largest_shard(source, split, shard), batch, size, input_context)
         drop = True
     ds = ds.batch(batch, drop_remainder=drop)
     one_hot = config.one_hot or (training and config.augment.mixes_labels)
@@ -165,28 +172,30 @@ def _warn_if_images_look_unit_scaled(ds: tf.data.Dataset, examples: int = 4) -> 
     warn_if_unit_scaled([image.numpy() for image, *_ in ds.take(examples)], "input pipeline")
 
 
-def _example_count(source: Source, split: str) -> int:
-    """The split's examples, for padding: the source's count, else (a source that does not know
-    it) one pass."""
-    known = source.num_train if split == "train" else source.num_eval
-    if known is not None:
-        return known
-    ds = source.examples(split)
-    count = int(ds.cardinality())
-    if count < 0:
+def _largest_shard(source: Source, split: str, shard: tuple[int, int] | None) -> int:
+    """Examples in the largest of the split's shards (the whole split when not sharded), for
+    padding every pipeline to the same number of batches: the source's counts, else (a source
+    that does not know them) one pass over each shard."""
+    count = shard[0] if shard else 1
+    sizes = source.shard_sizes(split, count)
+    if sizes is None:
         log.info("%s does not say how many %s examples it has: counting them (one pass)", source.name, split)
-        count = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
-    return count
+        sizes = []
+        for index in range(count):
+            ds = source.examples(split, shard=(count, index) if shard else None)
+            known = int(ds.cardinality())
+            sizes.append(known if known >= 0 else int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)))
+    return max(sizes)
 
 
-def _pad_with_zero_weights(ds, num_examples: int, batch: int, size: int, input_context) -> tf.data.Dataset:
-    """Pad this pipeline's shard to the same whole number of batches on every pipeline, and to a
-    multiple of the replicas it feeds (each gets a full batch on every step)."""
+def _pad_with_zero_weights(ds, shard_examples: int, batch: int, size: int, input_context) -> tf.data.Dataset:
+    """Pad this pipeline's shard to the same whole number of batches on every pipeline (from the
+    largest shard's `shard_examples`), and to a multiple of the replicas it feeds (each gets a
+    full batch on every step)."""
     pipelines = input_context.num_input_pipelines if input_context is not None else 1
     replicas_per_pipeline = input_context.num_replicas_in_sync // pipelines if input_context is not None else 1
     step = batch * replicas_per_pipeline
-    shard = -(-num_examples // pipelines)
-    length = max(1, -(-shard // step)) * step
+    length = max(1, -(-shard_examples // step)) * step
     label_spec = ds.element_spec[1]
     padding = tf.data.Dataset.from_tensors(
         (tf.zeros([size, size, 3], tf.float32), tf.zeros(label_spec.shape, label_spec.dtype), tf.constant(0.0))).repeat()
@@ -194,9 +203,11 @@ def _pad_with_zero_weights(ds, num_examples: int, batch: int, size: int, input_c
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, source: Source, config: PipelineConfig,
-                        training: bool, epoch: int = 0, repeat: bool = False, split: str | None = None):
+                        training: bool, epoch: int = 0, repeat: bool = False, split: str | None = None,
+                        skip_steps: int = 0):
     """Per-replica batches: each input worker builds its own shard of the pipeline."""
     per_replica_batch_size(config.global_batch_size, strategy.num_replicas_in_sync)  # fail early
     return strategy.distribute_datasets_from_function(
-        lambda ctx: make_dataset(source, config, training, input_context=ctx, epoch=epoch, repeat=repeat, split=split)
+        lambda ctx: make_dataset(source, config, training, input_context=ctx, epoch=epoch, repeat=repeat, split=split,
+                                 skip_steps=skip_steps)
     )

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+from importlib import resources
 
 import numpy as np
 import tensorflow as tf
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 TFDS_EXAMPLES = ("cifar10", "cifar100", "oxford_flowers102", "cars196", "food101", "imagenet2012")
-OTHER_SOURCES = ("folder:PATH", "digits", "synthetic")
+OTHER_SOURCES = ("folder:PATH", "tfrecord:GLOB", "digits", "synthetic")
 # TFDS names its evaluation split differently per dataset; the first present one is used.
 EVAL_SPLITS = ("validation", "test")
 # Sub-folders of a folder dataset that hold the evaluation images next to train/, in order of
@@ -39,6 +40,10 @@ DIGITS_VALIDATION_FRACTION = 0.2
 # Files operating systems drop into photo folders; never images, never worth an error.
 IGNORED_FILES = ("thumbs.db", "desktop.ini")
 CACHE_ENV = "EFFICIENTNET_TF_CACHE"
+# tensorflow/tpu's ImageNet TFRecords (imagenet_to_gcs.py): JPEG bytes and a 1-based label.
+TFRECORD_IMAGE_KEY = "image/encoded"
+TFRECORD_LABEL_KEY = "image/class/label"
+TFRECORD_LABEL_OFFSET = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +59,46 @@ class Source:
     native_size: int | None
     # Handwriting and text are not mirror-symmetric: no horizontal flips for them.
     flip_ok: bool
-    _make: object = dataclasses.field(repr=False, compare=False)  # (split, shuffle_files, seed) -> Dataset
+    # (split, shuffle_files, seed, shard) -> Dataset of that shard's examples (shard: None or
+    # (count, index), one of `count` input pipelines).
+    _make: object = dataclasses.field(repr=False, compare=False)
     # One line saying which data trains and which evaluates, with counts (printed, kept in run.json).
     split_description: str = ""
+    # (split, count) -> examples in each of `count` shards, for sources whose shards are not an
+    # even split of the examples (whole files); None: shard i holds examples i, i + count, ...
+    _shard_sizes: object = dataclasses.field(default=None, repr=False, compare=False)
 
-    def examples(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        """(uint8 image [H, W, 3], int32 label) for split 'train' or 'eval'."""
+    def examples(self, split: str, shuffle_files: bool = False, seed: int | None = None,
+                 shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+        """(uint8 image [H, W, 3], int32 label) for split 'train' or 'eval'; with `shard=(count,
+        index)`, only that input pipeline's share, read from its own files where the source has
+        several (TFRecords, TFDS, image folders) rather than read in full and thinned out."""
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        return self._make(split, shuffle_files, seed)
+        if shard is not None and not (shard[0] >= 1 and 0 <= shard[1] < shard[0]):
+            raise ValueError(f"shard must be (count, index) with 0 <= index < count, got {shard}")
+        return self._make(split, shuffle_files, seed, shard if shard and shard[0] > 1 else None)
+
+    def shard_sizes(self, split: str, count: int) -> list[int] | None:
+        """Examples in each of `count` shards of `split` (None: the source does not know its size)."""
+        if self._shard_sizes is not None and count > 1:
+            return self._shard_sizes(split, count)
+        total = self.num_train if split == "train" else self.num_eval
+        return None if total is None else [len(range(index, total, count)) for index in range(count)]
+
+
+def _every_nth(ds: tf.data.Dataset, shard: tuple[int, int] | None) -> tf.data.Dataset:
+    """Shard `index` of `count` by example (i, i + count, ...), as `Source.shard_sizes` counts."""
+    return ds if shard is None else ds.shard(*shard)
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ILSVRC-2012 class names in the order of the official weights' outputs (labels
+    0..999; tensorflow/tpu's TFRecords number them 1..1000)."""
+    text = resources.files("efficientnet_tf.data").joinpath("imagenet_classes.txt").read_text(encoding="utf8")
+    names = [line for line in text.splitlines() if line]
+    assert len(names) == 1000, f"imagenet_classes.txt has {len(names)} names, expected 1000"
+    return names
 
 
 def available_sources() -> str:
@@ -72,11 +108,14 @@ def available_sources() -> str:
 def get_source(name: str, data_dir: str | None = None, *, validation_fraction: float | None = None, seed: int = 0,
                on_bad_image: str = "error", download: bool = True, label_key: str = "label",
                synthetic_image_size: int = 224, synthetic_num_classes: int = 10,
-               synthetic_examples: int = 1024) -> Source:
-    """Pick a data source by name: 'digits', 'synthetic', 'folder:PATH' or a TFDS name.
+               synthetic_examples: int = 1024, eval_dataset: str | None = None,
+               tfrecord_features: tuple[str, str, int] = (TFRECORD_IMAGE_KEY, TFRECORD_LABEL_KEY, TFRECORD_LABEL_OFFSET),
+               class_names=None) -> Source:
+    """Pick a data source by name: 'digits', 'synthetic', 'folder:PATH', 'tfrecord:GLOB' or a TFDS name.
 
     Args:
-        name: 'digits', 'synthetic', 'folder:PATH' or a TFDS dataset name.
+        name: 'digits', 'synthetic', 'folder:PATH', 'tfrecord:GLOB' (local or gs://) or a TFDS
+            dataset name.
         data_dir: where TFDS datasets are (or get) prepared; None: TFDS's default.
         validation_fraction: share of the training images held out (seeded) for evaluation when
             the dataset has no evaluation split of its own. None: 0.1 (digits: 0.2).
@@ -84,14 +123,28 @@ def get_source(name: str, data_dir: str | None = None, *, validation_fraction: f
         on_bad_image: folders only: 'error' (name the unreadable files) or 'skip' them.
         download: TFDS only: prepare a missing dataset (False: fail instead).
         label_key: TFDS only: the ClassLabel feature to classify (smallnorb: 'label_category').
+        eval_dataset: tfrecord only: 'tfrecord:GLOB' of the evaluation files (None: a held-out
+            share of the training records).
+        tfrecord_features: tfrecord only: (image feature, label feature, first label's number).
+        class_names: tfrecord only: the class names in label order (None: ImageNet's 1000).
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset name must be a non-empty string; choose from {available_sources()}")
     if validation_fraction is not None and not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1) or None (the default), got {validation_fraction}")
-    is_tfds = name not in ("digits", "synthetic") and not name.startswith("folder:")
+    is_tfrecord = name.startswith("tfrecord:")
+    is_tfds = name not in ("digits", "synthetic") and not name.startswith("folder:") and not is_tfrecord
     if label_key != "label" and not is_tfds:
         raise ValueError(f"label_key={label_key!r} applies to TFDS datasets only, not to {name!r}")
+    if eval_dataset is not None and not (is_tfrecord and eval_dataset.startswith("tfrecord:")):
+        raise SettingError("eval_dataset", f"eval_dataset={eval_dataset!r}: during training, a tfrecord:GLOB of "
+                           f"evaluation files for a tfrecord: dataset (the other datasets have their own evaluation "
+                           f"split), not for {name!r}")
+    if is_tfrecord:
+        image_key, tf_label_key, offset = tfrecord_features
+        return tfrecord_source(name[len("tfrecord:"):], eval_dataset[len("tfrecord:"):] if eval_dataset else None,
+                               validation_fraction=validation_fraction, seed=seed, image_key=image_key,
+                               label_key=tf_label_key, label_offset=offset, class_names=class_names)
     if name == "digits":
         return digits_source(validation_fraction, seed)
     if name == "synthetic":
@@ -106,8 +159,8 @@ def peek_dataset(name: str, data_dir: str | None = None, **source_args) -> tuple
     """(stored image size or None: varied, training images or None: unknown) of dataset `name`,
     without downloading or decoding images: what resolving a run's values needs before any work
     starts. `source_args` go to `get_source` (label_key, validation_fraction, seed)."""
-    if name.startswith("folder:"):
-        return None, None  # any size; and opening a folder source checks every file
+    if name.startswith(("folder:", "tfrecord:")):
+        return None, None  # any size; and opening the source checks every file or counts its records
     try:
         source = get_source(name, data_dir, download=False, **source_args)
         return source.native_size, source.num_train
@@ -153,8 +206,8 @@ def digits_source(validation_fraction: float | None = None, seed: int = 0) -> So
     images, labels, train_idx, eval_idx = digits_split(fraction, seed)
     splits = {"train": train_idx, "eval": eval_idx}
 
-    def make(split, shuffle_files, seed_):
-        idx = splits[split]
+    def make(split, shuffle_files, seed_, shard):
+        idx = splits[split] if shard is None else splits[split][shard[1]::shard[0]]
         return tf.data.Dataset.from_tensor_slices((images[idx], labels[idx]))
 
     description = (f"train: scikit-learn digits minus a stratified seeded {_percent(fraction)} (seed {seed}), "
@@ -173,10 +226,10 @@ def synthetic_source(image_size: int = 224, num_classes: int = 10, examples: int
     labels = rng.integers(0, num_classes, examples).astype(np.int32)
     num_eval = max(examples // 4, 1)
 
-    def make(split, shuffle_files, seed_):
+    def make(split, shuffle_files, seed_, shard):
         n = examples if split == "train" else num_eval
         images = tf.data.Dataset.from_tensor_slices(pool).repeat()
-        return tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels[:n]))
+        return _every_nth(tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels[:n])), shard)
 
     description = f"train: {examples:,} random images; eval: {num_eval:,} random images (synthetic, no real data)"
     return Source("synthetic", num_classes, tuple(str(i) for i in range(num_classes)), examples, num_eval,
@@ -299,9 +352,10 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
                          f"so none is left for evaluation")
     splits = {"train": train, "eval": evaluation}
 
-    def make(split, shuffle_files, seed_):
-        paths, labels = zip(*splits[split])
-        ds = tf.data.Dataset.from_tensor_slices((list(paths), np.array(labels, np.int32)))
+    def make(split, shuffle_files, seed_, shard):
+        chosen = splits[split] if shard is None else splits[split][shard[1]::shard[0]]  # one file per example
+        paths, labels = [p for p, _ in chosen], [label for _, label in chosen]
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), np.array(labels, np.int32)))
         if shuffle_files:
             ds = ds.shuffle(len(paths), seed=seed_, reshuffle_each_iteration=True)
         return ds.map(_decode_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed_ is not None)
@@ -326,6 +380,175 @@ def _stratified_split(items, fraction, seed):
         evaluation += [members[i] for i in sorted(order[:n_eval])]
         train += [members[i] for i in sorted(order[n_eval:])]
     return train, evaluation
+
+
+# ---------------------------------------------------------------- TFRecord files (tensorflow/tpu format)
+
+
+
+def tfrecord_files(pattern: str) -> list[str]:
+    """The files a glob names (local or gs://), sorted: the order is part of the split."""
+    files = sorted(tf.io.gfile.glob(os.path.expanduser(pattern)))
+    if not files:
+        raise FileNotFoundError(f"no file matches {pattern!r} (dataset 'tfrecord:{pattern}')")
+    return files
+
+
+def tfrecord_source(pattern: str, eval_pattern: str | None = None, *, validation_fraction: float | None = None,
+                    seed: int = 0, image_key: str = TFRECORD_IMAGE_KEY, label_key: str = TFRECORD_LABEL_KEY,
+                    label_offset: int = TFRECORD_LABEL_OFFSET, class_names=None) -> Source:
+    """TFRecord files of tf.train.Examples, as tensorflow/tpu writes ImageNet: encoded image bytes
+    under `image_key`, an integer class under `label_key` (minus `label_offset`: theirs count
+    from 1).
+
+    Each input pipeline of a distributed run reads its own files (file i goes to pipeline
+    i mod count); with fewer files than pipelines every pipeline reads every file and keeps its
+    share, with a warning. Record counts (needed for steps per epoch and padded evaluation) are
+    counted once per file and cached by path, size and modification time under `cache_dir()`.
+
+    Args:
+        pattern: glob of the training files, local or gs:// (e.g. 'gs://bucket/train-*').
+        eval_pattern: glob of the evaluation files; None: a seeded `validation_fraction` of the
+            training records is held out instead (membership by position, files in name order).
+        validation_fraction: that share; None: 0.1.
+        seed: picks the held-out records.
+        image_key, label_key, label_offset: the features and the first label's number.
+        class_names: one name per class, in label order; None: the 1000 ImageNet classes.
+    """
+    names = tuple(imagenet_class_names() if class_names is None else class_names)
+    if len(names) < 2:
+        raise ValueError(f"a TFRecord dataset needs at least 2 class names, got {len(names)}")
+    train_files = tfrecord_files(pattern)
+    eval_files = tfrecord_files(eval_pattern) if eval_pattern else None
+    counts = record_counts(train_files + (eval_files or []))
+    features = {image_key: tf.io.FixedLenFeature([], tf.string), label_key: tf.io.FixedLenFeature([], tf.int64)}
+    num_classes = len(names)
+
+    def to_example(record):
+        parsed = tf.io.parse_single_example(record, features)
+        label = _checked_label(tf.cast(parsed[label_key] - label_offset, tf.int32), num_classes, label_key,
+                               label_offset, pattern)
+        return _to_rgb(image_io.decode_image(parsed[image_key])), label
+
+    def positioned(files):
+        offsets = np.concatenate([[0], np.cumsum([counts[f] for f in files])[:-1]]).astype(np.int64)
+        return list(zip(files, offsets))
+
+    def read(files_with_offsets, shuffle_files, seed_, shard, split_name):
+        """(position in the split's files, serialized record) from this shard's files."""
+        element_shard = None
+        if shard is not None:
+            if len(files_with_offsets) >= shard[0]:
+                files_with_offsets = files_with_offsets[shard[1]::shard[0]]
+                log.info("%s: input pipeline %d of %d reads %d file(s): %s", split_name, shard[1] + 1, shard[0],
+                         len(files_with_offsets), ", ".join(os.path.basename(f) for f, _ in files_with_offsets))
+            else:
+                element_shard = shard
+                _warn_once(f"{split_name}: {len(files_with_offsets)} file(s) for {shard[0]} input pipelines: every "
+                           f"pipeline reads every file and keeps 1/{shard[0]} of the records (write at least "
+                           f"{shard[0]} files to have each read only its own)")
+        files = tf.constant([f for f, _ in files_with_offsets], tf.string)
+        offsets = tf.constant([o for _, o in files_with_offsets], tf.int64)
+        ds = tf.data.Dataset.from_tensor_slices((files, offsets))
+        if shuffle_files:
+            ds = ds.shuffle(len(files_with_offsets), seed=seed_, reshuffle_each_iteration=True)
+        cycle = max(1, min(16, len(files_with_offsets))) if shuffle_files else 1  # unshuffled: file order
+        ds = ds.interleave(lambda f, o: tf.data.TFRecordDataset(f).enumerate().map(lambda i, r: (o + i, r)),
+                           cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
+                           deterministic=not shuffle_files or seed_ is not None)
+        return _every_nth(ds, element_shard)
+
+    train_positioned = positioned(train_files)
+    num_train_records = sum(counts[f] for f in train_files)
+    if eval_files:
+        eval_positioned = positioned(eval_files)
+        num_train, num_eval = num_train_records, sum(counts[f] for f in eval_files)
+        held_out = None
+        description = (f"train: {len(train_files)} TFRecord file(s) {pattern}, {num_train:,} images; eval: "
+                       f"{len(eval_files)} file(s) {eval_pattern}, {num_eval:,} images")
+    else:
+        fraction = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+        held_out = held_out_mask(num_train_records, fraction, seed, f"tfrecord:{pattern}")
+        num_eval = int(held_out.sum())
+        num_train = num_train_records - num_eval
+        description = (f"train: {len(train_files)} TFRecord file(s) {pattern} minus a seeded {_percent(fraction)} "
+                       f"(seed {seed}), {num_train:,} images; eval: the held-out {_percent(fraction)}, "
+                       f"{num_eval:,} images")
+        in_eval = tf.constant(held_out)
+
+    def make(split, shuffle_files, seed_, shard):
+        if held_out is None:
+            files = train_positioned if split == "train" else eval_positioned
+            ds = read(files, shuffle_files, seed_, shard, split)
+        else:
+            keep_eval = split == "eval"
+            ds = read(train_positioned, shuffle_files, seed_, shard, split)
+            ds = ds.filter(lambda i, _: tf.equal(tf.gather(in_eval, i), keep_eval))
+        return ds.map(lambda _, record: to_example(record), num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=not shuffle_files or seed_ is not None)
+
+    def shard_sizes(split, count):
+        files = eval_files if split == "eval" and held_out is None else train_files
+        if len(files) < count:  # every pipeline reads all and keeps every count-th record
+            total = num_train if split == "train" else num_eval
+            return [len(range(i, total, count)) for i in range(count)]
+        sizes = []
+        for index in range(count):
+            mine = files[index::count]
+            if held_out is None:
+                sizes.append(sum(counts[f] for f in mine))
+            else:
+                member = held_out if split == "eval" else ~held_out
+                starts = dict(positioned(files))
+                sizes.append(sum(int(member[starts[f]:starts[f] + counts[f]].sum()) for f in mine))
+        return sizes
+
+    return Source(f"tfrecord:{pattern}", num_classes, names, num_train, num_eval, native_size=None, flip_ok=True,
+                  _make=make, split_description=description, _shard_sizes=shard_sizes)
+
+
+def _checked_label(label, num_classes: int, label_key: str, label_offset: int, pattern: str):
+    """The label, or an error naming the feature and the offset when it is not a class."""
+    ok = tf.logical_and(label >= 0, label < num_classes)
+    with tf.control_dependencies([tf.debugging.Assert(ok, [
+            f"a record of {pattern} has {label_key} - {label_offset} outside 0..{num_classes - 1}:", label,
+            "(set the label offset, or give the class names)"])]):
+        return tf.identity(label)
+
+
+_warned = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def record_counts(files: list[str]) -> dict[str, int]:
+    """{file: records in it}, counted once per file (a full read) and cached by path, size and
+    modification time under `cache_dir()`."""
+    cache_path = os.path.join(cache_dir(), "record_counts.json")
+    try:
+        with open(cache_path, encoding="utf8") as f:
+            cached = json.load(f)
+    except (OSError, ValueError):
+        cached = {}
+    counts, changed = {}, False
+    for path in files:
+        stat = tf.io.gfile.stat(path)
+        key = f"{path}|{stat.length}|{stat.mtime_nsec}"
+        if not isinstance(cached.get(key), int):
+            log.info("counting the records of %s (once; cached under %s)", path, cache_path)
+            cached[key] = int(tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+            changed = True
+        counts[path] = cached[key]
+    if changed:
+        try:
+            atomic_write(cache_path, json.dumps(cached))
+        except OSError as err:  # a read-only home must not stop training
+            log.info("record-count cache not written to %s (%s)", cache_path, err)
+    return counts
 
 
 # ---------------------------------------------------------------- the file check and its cache
@@ -486,8 +709,13 @@ def tfds_source(name: str, data_dir: str | None = None, download: bool = True, *
     # decodes only its share.
     decoders = {"image": tfds.decode.SkipDecoding()} if encoded else None
 
-    def read(split, shuffle_files, seed_):
+    def read(split, shuffle_files, seed_, shard=None, size=None):
+        """The split, or with `shard=(count, index)` its index-th contiguous range of examples:
+        TFDS then opens only the files that hold that range."""
         read_config = tfds.ReadConfig(shuffle_seed=seed_, interleave_cycle_length=16 if shuffle_files else 1)
+        if shard is not None:
+            start, end = _shard_range(size, shard)
+            split = f"{split}[{start}:{end}]"
         return builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
                                   decoders=decoders)
 
@@ -502,9 +730,14 @@ def tfds_source(name: str, data_dir: str | None = None, download: bool = True, *
                      validation_fraction)
         num_train, num_eval = num_train_split, _split_size(builder, eval_split, read)
 
-        def make(split, shuffle_files, seed_):
-            ds = read("train" if split == "train" else eval_split, shuffle_files, seed_)
+        sizes = {"train": num_train, "eval": num_eval}
+
+        def make(split, shuffle_files, seed_, shard):
+            ds = read("train" if split == "train" else eval_split, shuffle_files, seed_, shard, sizes[split])
             return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed_ is not None)
+
+        def shard_sizes(split, count):
+            return [end - start for start, end in (_shard_range(sizes[split], (count, i)) for i in range(count))]
 
         description = (f"train: TFDS {name} split 'train', {num_train:,} images; "
                        f"eval: split '{eval_split}', {num_eval:,} images")
@@ -515,15 +748,20 @@ def tfds_source(name: str, data_dir: str | None = None, download: bool = True, *
         num_train = num_train_split - num_eval
         in_eval = tf.constant(held_out)
 
-        def make(split, shuffle_files, seed_):
+        def make(split, shuffle_files, seed_, shard):
             # File order, whatever shuffle_files says: position decides membership. TFDS shuffles
             # examples when it prepares a dataset, and the pipeline's shuffle buffer does the rest.
             keep_eval = split == "eval"
-            ds = read("train", False, None).enumerate()
+            first = 0 if shard is None else _shard_range(num_train_split, shard)[0]
+            ds = read("train", False, None, shard, num_train_split).enumerate(start=first)
             ds = ds.filter(lambda i, _: tf.equal(
                 (i < num_train_split) & tf.gather(in_eval, tf.minimum(i, num_train_split - 1)), keep_eval))
             return ds.map(lambda _, example: to_example(example), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=seed_ is not None)
+
+        def shard_sizes(split, count):
+            member = held_out if split == "eval" else ~held_out
+            return [int(member[slice(*_shard_range(num_train_split, (count, i)))].sum()) for i in range(count)]
 
         description = (f"train: TFDS {name} split 'train' minus a seeded {_percent(fraction)} (seed {seed}), "
                        f"{num_train:,} images; eval: the held-out {_percent(fraction)} of 'train', {num_eval:,} "
@@ -532,7 +770,13 @@ def tfds_source(name: str, data_dir: str | None = None, download: bool = True, *
     native = shape[0] if shape[0] is not None and shape[0] == shape[1] else None
     return Source(name, int(label.num_classes), tuple(label.names), num_train, num_eval, native_size=native,
                   flip_ok=name.split(":")[0] not in ("mnist", "emnist", "kmnist", "svhn_cropped"), _make=make,
-                  split_description=description)
+                  split_description=description, _shard_sizes=shard_sizes)
+
+
+def _shard_range(size: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """[start, end) of shard `index` of `count` contiguous, near-equal ranges of `size` examples."""
+    count, index = shard
+    return size * index // count, size * (index + 1) // count
 
 
 def held_out_mask(count: int, fraction: float, seed: int, name: str = "the dataset") -> np.ndarray:

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from importlib import resources
 
 import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.data.image_io import SUPPORTED_FORMATS, check_image_bytes
 from efficientnet_tf.data.pipeline import preprocess_eval
+from efficientnet_tf.data.sources import imagenet_class_names
 from efficientnet_tf.data.pixels import warn_if_unit_scaled
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ILSVRC-2012 class names in the order of the official weights' outputs."""
-    text = resources.files("efficientnet_tf.deploy").joinpath("imagenet_classes.txt").read_text(encoding="utf8")
-    names = [line for line in text.splitlines() if line]
-    assert len(names) == 1000, f"imagenet_classes.txt has {len(names)} names, expected 1000"
-    return names
 
 
 def read_image_bytes(path: str) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 from efficientnet_tf import settings
@@ -133,6 +134,9 @@ class RunConfig:
     steps_per_epoch: int | None = setting(None, "Cap on steps per epoch (quick runs); default: one pass over the "
                                           "training split.")
     steps_per_loop: int = setting(1, "Train steps per compiled call (raise on TPU).")
+    checkpoint_every_steps: int = setting(
+        0, "Also checkpoint every N steps within an epoch (preemptible machines lose at most N steps; a resumed run "
+        "continues at the next batch); 0: at the end of each epoch only.")
     jit_compile: bool | None = setting(None, "XLA for the train step; default: on TPU only (measured: slower on CPU).")
     mixed_precision: bool = setting(False, "bfloat16 on TPU/CPU, float16 with loss scaling on GPU.")
     strategy: str = setting("auto", "auto: TPU if tpu is set, multi-worker if TF_CONFIG names several workers, "
@@ -145,13 +149,16 @@ class RunConfig:
         _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
                f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         _check(self.steps_per_loop >= 1, "steps_per_loop", f"steps_per_loop must be >= 1, got {self.steps_per_loop}")
+        _check(self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
+               f"checkpoint_every_steps must be >= 0 (0: at epoch ends only), got {self.checkpoint_every_steps}")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints",
                f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
 
 def default_model_dir(model: str, dataset: str) -> str:
-    """runs/MODEL-DATASET, with the characters of folder: paths made safe for a directory name."""
-    return os.path.join("runs", f"{model}-{dataset.replace(':', '_').replace('/', '_')}")
+    """runs/MODEL-DATASET, with the characters of folder: paths and tfrecord: globs made safe
+    for a directory name."""
+    return os.path.join("runs", f"{model}-{re.sub(r'[^A-Za-z0-9._-]', '_', dataset)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,14 +265,18 @@ class TrainConfig:
             train_size = min(model_config.train_resolution, eval_size)
         return train_size, eval_size
 
-    def load_source(self, on_bad_image: str | None = None, download: bool = True):
-        """The run's dataset (`data.sources.Source`), with the same seeded split every time."""
+    def load_source(self, on_bad_image: str | None = None, download: bool = True, class_names=None):
+        """The run's dataset (`data.sources.Source`), with the same seeded split every time
+        (`class_names`: tfrecord datasets, instead of class_names_file's)."""
         from efficientnet_tf.data.sources import get_source
 
         data = self.data
         return get_source(data.dataset, data.data_dir, validation_fraction=data.validation_fraction,
                           seed=self.run.seed or 0, on_bad_image=on_bad_image or data.on_bad_image,
-                          download=download, label_key=data.label_key)
+                          download=download, label_key=data.label_key, eval_dataset=data.eval_dataset,
+                          tfrecord_features=(data.tfrecord_image_key, data.tfrecord_label_key,
+                                             data.tfrecord_label_offset),
+                          class_names=class_names if class_names is not None else data.class_names())
 
     def peek_dataset(self) -> tuple[int | None, int | None]:
         """(stored image size or None: varied, training images or None: unknown here), without

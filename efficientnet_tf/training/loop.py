@@ -388,22 +388,25 @@ class Trainer:
             pass  # dropout 0: no layer
 
     def _train_epoch(self, stage: Stage, epoch: int, validate: bool) -> dict:
+        done = first = int(self.epoch_step.numpy())  # > 0: an interrupted epoch, continued
+        # The same batches in the same order; a continued epoch starts after the ones already
+        # trained on, skipped before they are decoded.
         dataset = distributed_dataset(self.strategy, self.source, self._pipeline(stage, True), training=True,
-                                      epoch=epoch, repeat=True)
+                                      epoch=epoch, repeat=True, skip_steps=first)
         iterator = iter(dataset)
         loop = self._train_loop_fn(stage)
         progress = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "images/s"],
                                        verbose=1 if (self.verbose and self.chief) else 0)
         self._print(f"Epoch {epoch + 1}/{self.config.run.epochs}")
-        done = first = int(self.epoch_step.numpy())  # > 0: an interrupted epoch, continued
         loss_sum, correct_sum = (float(value) for value in self.epoch_sums.numpy())
         if first:
             self._print(f"continuing epoch {epoch + 1} at step {first + 1} of {self.steps_per_epoch}")
-            for _ in range(first):  # the same batches, in the same order: skip those already trained on
-                next(iterator)
+        every = self.config.run.checkpoint_every_steps
         start = time.perf_counter()
         while done < self.steps_per_epoch:
             steps = min(self.config.run.steps_per_loop, self.steps_per_epoch - done)
+            if every:
+                steps = min(steps, every - done % every)  # a compiled loop ends on each checkpoint step
             loss, correct = loop(iterator, tf.constant(steps))
             loss_sum, correct_sum, done = loss_sum + float(loss), correct_sum + float(correct), done + steps
             if not math.isfinite(loss_sum):
@@ -412,10 +415,10 @@ class Trainer:
                     f"checkpoint ({self.manager.latest_checkpoint or 'none yet'}) is kept. Lower learning_rate "
                     f"or check the data")
             if self._stop_signal is not None and done < self.steps_per_epoch:
-                self.epoch_step.assign(done)
-                self.epoch_sums.assign([loss_sum, correct_sum])
-                self.manager.save(checkpoint_number=epoch + 1)  # the epoch's own number: its end overwrites it
+                self._save_within_epoch(epoch, done, loss_sum, correct_sum)
                 self._interrupted(f"at epoch {epoch + 1}, step {done} of {self.steps_per_epoch}")
+            if every and done % every == 0 and done < self.steps_per_epoch:
+                self._save_within_epoch(epoch, done, loss_sum, correct_sum)
             seen = done * self.config.run.batch_size
             progress.update(done, [("loss", loss_sum / done), ("accuracy", correct_sum / seen),
                                    ("images/s", seen / (time.perf_counter() - start))])
@@ -442,6 +445,14 @@ class Trainer:
                     f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} lr {row['lr']:.3g} "
                     f"({row['images_per_sec']:.0f} images/s)")
         return row
+
+    def _save_within_epoch(self, epoch: int, done: int, loss_sum: float, correct_sum: float) -> None:
+        """A checkpoint after step `done` of the epoch, with the epoch's running sums: a resume
+        continues at the next batch and its history row covers the whole epoch. It takes the
+        epoch's own number: the next save within the epoch, and the epoch's end, replace it."""
+        self.epoch_step.assign(done)
+        self.epoch_sums.assign([loss_sum, correct_sum])
+        self.manager.save(checkpoint_number=epoch + 1)
 
     @contextlib.contextmanager
     def _stop_on_signals(self):

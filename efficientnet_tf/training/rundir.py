@@ -54,9 +54,10 @@ _RENAMED_SETTINGS = {"progressive_stages": "progressive"}
 IDENTITY_SETTINGS = ("model", "dataset", "label_key", "validation_fraction", "seed", "image_size",
                      "train_image_size", "batch_size", "steps_per_epoch", "optimizer", "ema_decay", "mixed_precision",
                      "freeze_backbone", "finetune_epochs", "progressive", "progressive_min_size",
-                     "progressive_max_size")
+                     "progressive_max_size", "eval_dataset", "tfrecord_image_key", "tfrecord_label_key",
+                     "tfrecord_label_offset", "class_names_file")
 RUNTIME_SETTINGS = ("model_dir", "data_dir", "keep_checkpoints", "steps_per_loop", "jit_compile", "strategy", "tpu",
-                    "on_bad_image")
+                    "on_bad_image", "checkpoint_every_steps")
 
 
 class NotARunError(FileNotFoundError):
