@@ -1,8 +1,10 @@
 """One worker of the two-process MultiWorkerMirroredStrategy test (run by test_trainer.py).
 
-usage: multiworker_worker.py TASK_INDEX PORT0 PORT1 MODEL_DIR OUT.npz RECORDS_DIR
+usage: multiworker_worker.py TASK_INDEX PORT0 PORT1 MODEL_DIR OUT.npz RECORDS_DIR [SIGTERM_AFTER_CALLS]
 
 RECORDS_DIR holds the digits as tensorflow/tpu-format train-* and validation-* TFRecord files.
+SIGTERM_AFTER_CALLS: this worker sends itself SIGTERM (as a preempted VM gets) after that many
+compiled train-loop calls; it then exits 143 once the workers have saved together.
 """
 
 import json
@@ -11,6 +13,7 @@ import os
 import sys
 
 task, port0, port1, model_dir, out, records = sys.argv[1:7]
+sigterm_after_calls = int(sys.argv[7]) if len(sys.argv) > 7 else 0
 os.environ["TF_CONFIG"] = json.dumps({
     "cluster": {"worker": [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]},
     "task": {"type": "worker", "index": int(task)},
@@ -20,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from efficientnet_tf.training import TrainConfig, Trainer  # noqa: E402
+from efficientnet_tf.training.errors import TrainingInterrupted  # noqa: E402
 
 # Which files each input pipeline reads is logged at INFO: the test reads it from this output.
 handler = logging.StreamHandler(sys.stdout)
@@ -28,11 +32,21 @@ logging.getLogger("efficientnet_tf.data.sources").setLevel(logging.INFO)
 config = TrainConfig.from_settings(model="efficientnet-b0", dataset=f"tfrecord:{records}/train-*",
                                    eval_dataset=f"tfrecord:{records}/validation-*",
                                    class_names_file=f"{records}/classes.txt", model_dir=model_dir, epochs=2,
-                                   steps_per_epoch=3, batch_size=16, image_size=32, strategy="auto", dropout_rate=0.0,
+                                   steps_per_epoch=4, batch_size=16, image_size=32, strategy="auto", dropout_rate=0.0,
                                    drop_connect_rate=0.0, seed=0)
 trainer = Trainer(config, verbose=False)
 assert trainer.replicas == 2, trainer.replicas
-report = trainer.fit(validate=True)
+if sigterm_after_calls:
+    import signal
+
+    from signalling import signal_after_calls
+
+    signal_after_calls(trainer, sigterm_after_calls, signal.SIGTERM)
+try:
+    report = trainer.fit(validate=True)
+except TrainingInterrupted as stopped:
+    print(f"worker {task}: {stopped}")
+    sys.exit(128 + stopped.signal_number)
 np.savez(out, *[np.asarray(w) for w in trainer.model.get_weights()], top1=report["top1"],
          iterations=int(trainer._optimizer_steps().numpy()))
 print(f"worker {task} done: chief={trainer.chief}")

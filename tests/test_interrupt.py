@@ -13,6 +13,7 @@ import tensorflow as tf
 from efficientnet_tf.training import TrainConfig, Trainer
 from efficientnet_tf.training.errors import TrainingInterrupted
 from efficientnet_tf.training.rundir import read_history
+from signalling import signal_after_calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -27,20 +28,7 @@ def test_a_signal_mid_epoch_saves_the_step_and_the_resume_continues_there(tmp_pa
     config = TrainConfig.from_settings(model="efficientnet-lite0", dataset="digits", model_dir=str(tmp_path), epochs=2,
                                        steps_per_epoch=STEPS, batch_size=16, image_size=32, seed=0)
     trainer = Trainer(config, verbose=False)
-    make_loop, calls = trainer._train_loop_fn, []
-
-    def loop_that_gets_a_signal(stage):
-        loop = make_loop(stage)
-
-        def run(iterator, steps):
-            result = loop(iterator, steps)
-            calls.append(1)
-            if len(calls) == STEPS + 3:  # epoch 2, after its third step: as if Ctrl-C came then
-                os.kill(os.getpid(), signal_number)
-            return result
-        return run
-
-    trainer._train_loop_fn = loop_that_gets_a_signal
+    signal_after_calls(trainer, STEPS + 3, signal_number)  # epoch 2, after its third step: as if Ctrl-C came then
     handler_before = signal.getsignal(signal_number)
     with pytest.raises(TrainingInterrupted, match=r"stopped by SIG\w+ at epoch 2, step 3 of 6: checkpoint .*ckpt-2"):
         trainer.fit(validate=False)

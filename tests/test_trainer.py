@@ -83,30 +83,39 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
-    """Two workers train from 4 TFRecord files, each reading only its own 2 (and 1 of the 2
-    validation files), and end with the same weights."""
-    from tfrecords import write_digits_records
-
-    write_digits_records(str(tmp_path / "records"), train_files=4, eval_files=2)
+def _run_two_workers(tmp_path, model_dir, sigterm_after_calls=0):
+    """Both workers of a loopback cluster; returns [(exit status, output)] in task order."""
     ports = [str(_free_port()), str(_free_port())]
     worker = os.path.join(os.path.dirname(__file__), "multiworker_worker.py")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "EFFICIENTNET_TF_CACHE": str(tmp_path / ".cache")}
-    procs = [subprocess.Popen([sys.executable, worker, str(i), *ports, str(tmp_path / "run"), str(tmp_path / f"w{i}.npz"),
-                               str(tmp_path / "records")],
+    procs = [subprocess.Popen([sys.executable, worker, str(i), *ports, str(model_dir), str(tmp_path / f"w{i}.npz"),
+                               str(tmp_path / "records"), str(sigterm_after_calls if i == 1 else 0)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
-    outputs = []
+    results = []
     for p in procs:
         try:
-            outputs.append(p.communicate(timeout=400)[0])
+            results.append((p.wait(timeout=400), p.stdout.read()))
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             pytest.fail("multi-worker training did not finish in 400 s")
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    return results
+
+
+def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
+    """Two workers train from 4 TFRecord files, each reading only its own 2 (and 1 of the 2
+    validation files), and end with the same weights. Then a second run where worker 1 is
+    preempted (SIGTERM) in epoch 2: both stop after the same step and save together, exit 143,
+    and the restarted cluster ends with the uninterrupted run's weights."""
+    from tfrecords import write_digits_records
+
+    write_digits_records(str(tmp_path / "records"), train_files=4, eval_files=2)
+    results = _run_two_workers(tmp_path, tmp_path / "run")
+    for status, output in results:
+        assert status == 0, output[-3000:]
+    outputs = [output for _, output in results]
     a, b = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
-    assert int(a["iterations"]) == int(b["iterations"]) == 6  # 2 epochs x 3 steps, in lockstep
+    assert int(a["iterations"]) == int(b["iterations"]) == 8  # 2 epochs x 4 steps, in lockstep
     weights = [k for k in a.files if k.startswith("arr_")]
     for key in weights:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6)
@@ -119,6 +128,21 @@ def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
                 f"train-0000{task + 2}-of-00004") in output
         assert f"eval: input pipeline {task + 1} of 2 reads 1 file(s): validation-0000{task}-of-00002" in output
         assert "reads 4 file(s)" not in output and "every pipeline reads every file" not in output
+    uninterrupted = {key: a[key] for key in weights}
+
+    preempted = _run_two_workers(tmp_path, tmp_path / "preempted", sigterm_after_calls=6)  # epoch 2, step 2
+    assert [status for status, _ in preempted] == [143, 143], [output[-2000:] for _, output in preempted]
+    assert "stopped by SIGTERM at epoch 2, step 2 of 4" in preempted[1][1]
+    assert "stopped by SIGTERM at epoch 2, step 2 of 4" in preempted[0][1]  # the chief stopped with it
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "preempted" / "checkpoints")))
+    assert [int(reader.get_tensor(f"{n}/.ATTRIBUTES/VARIABLE_VALUE")) for n in ("epoch", "epoch_step")] == [1, 2]
+    resumed = _run_two_workers(tmp_path, tmp_path / "preempted")
+    for status, output in resumed:
+        assert status == 0, output[-3000:]
+    a = np.load(tmp_path / "w0.npz")
+    assert int(a["iterations"]) == 8  # each batch trained on once
+    for key in weights:
+        np.testing.assert_allclose(a[key], uninterrupted[key], rtol=1e-6, atol=1e-6, err_msg=key)
 
 
 def test_bn_momentum_follows_epoch_length():

@@ -133,6 +133,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.reset()
         self._stop_signal = None  # set by SIGINT/SIGTERM during fit()
+        self._several_workers = distribute.worker_count(self.strategy) > 1
+        self._stop_vote = None  # a tf.function: the workers' sum of "I was signalled"
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                               epoch_step=self.epoch_step, epoch_sums=self.epoch_sums,
                                               **({"ema": self.ema} if self.ema is not None else {}))
@@ -300,7 +302,7 @@ class Trainer:
                     history.append(row)
                     self.epoch.assign(epoch + 1)
                     self._save_epoch(history, row, writer)
-                    if self._stop_signal is not None:
+                    if self._stop_requested():
                         self._interrupted(f"after epoch {epoch + 1}")
         if not validate:
             if self.chief:
@@ -414,7 +416,7 @@ class Trainer:
                     f"loss became {loss_sum} at epoch {epoch + 1}, step {done}: training stopped; the last good "
                     f"checkpoint ({self.manager.latest_checkpoint or 'none yet'}) is kept. Lower learning_rate "
                     f"or check the data")
-            if self._stop_signal is not None and done < self.steps_per_epoch:
+            if self._stop_requested() and done < self.steps_per_epoch:
                 self._save_within_epoch(epoch, done, loss_sum, correct_sum)
                 self._interrupted(f"at epoch {epoch + 1}, step {done} of {self.steps_per_epoch}")
             if every and done % every == 0 and done < self.steps_per_epoch:
@@ -457,10 +459,10 @@ class Trainer:
     @contextlib.contextmanager
     def _stop_on_signals(self):
         """SIGINT (Ctrl-C) and SIGTERM stop training after the current step, with a checkpoint;
-        a second one stops at once. Only in the main thread of a single-worker run: several
-        workers would have to agree on the step (there the default behaviour stays)."""
-        if (threading.current_thread() is not threading.main_thread()
-                or isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        a second one stops at once. With several workers, a signal to any of them (a preempted
+        VM gets SIGTERM) stops all of them after the same step (`_stop_requested`). Only from the
+        main thread (Python delivers signals there)."""
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
         signals = (signal.SIGINT, signal.SIGTERM)
@@ -480,6 +482,25 @@ class Trainer:
         finally:
             for number in signals:
                 signal.signal(number, previous[number])
+
+    def _stop_requested(self) -> bool:
+        """Whether training stops after this step: this process got SIGINT/SIGTERM, or, with
+        several workers, any worker did. Every worker calls this after the same steps, so the
+        vote is a collective they all join; they then save the same checkpoint together."""
+        if not self._several_workers:
+            return self._stop_signal is not None
+        if self._stop_vote is None:
+            def vote(signalled):
+                votes = self.strategy.run(lambda: tf.identity(signalled))
+                return self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)
+            self._stop_vote = tf.function(vote)
+        signalled = tf.constant(0.0 if self._stop_signal is None else 1.0)
+        if float(self._stop_vote(signalled)) == 0:
+            return False
+        if self._stop_signal is None:  # another worker was signalled: stop with it, as if preempted too
+            self._stop_signal = signal.SIGTERM
+            self._print("another worker got a signal: stopping after the current step, with a checkpoint")
+        return True
 
     def _interrupted(self, where: str):
         number, self._stop_signal = self._stop_signal, None
