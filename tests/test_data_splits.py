@@ -51,9 +51,10 @@ def _identity(image):
 
 
 @contextlib.contextmanager
-def fake_tfds(data_dir, name, split_sizes):
+def fake_tfds(data_dir, name, split_sizes, examples=None):
     """TFDS's mock, with real split metadata (names and counts) and a reader that gives each
-    split its own examples, so that tests can see which split an example came from."""
+    split its own examples, so that tests can see which split an example came from; or, with
+    `examples` ({split: (uint8 images, labels)}), exactly those, in that order."""
     builder = tfds.builder(name, data_dir=str(data_dir))
     os.makedirs(builder.data_dir, exist_ok=True)
     template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name=builder.name, split="train",
@@ -75,13 +76,17 @@ def fake_tfds(data_dir, name, split_sizes):
             split, bounds = split[:-1].split("[")
             start, end = (int(b) for b in bounds.split(":"))
             order = order[start:end]
-        if shuffle_files:  # as TFDS does: another order, so that position cannot be relied on
-            order = np.random.default_rng(read_config.shuffle_seed if read_config else None).permutation(order)
-        images = [_fake_image(i, split, shape) for i in order]
-        encoded = [tf.io.encode_png(image).numpy() for image in images]
-        columns = {"image": tf.constant(encoded)}
-        for key, num_classes in labels.items():
-            columns[key] = tf.constant([_expected_label(i, num_classes) for i in order], tf.int64)
+        if examples is not None:  # one file per split: TFDS reads it in order, shuffled or not
+            images, given = examples[split][0][order], examples[split][1][order]
+            columns = {"image": tf.constant([tf.io.encode_png(image).numpy() for image in images])}
+            columns.update({key: tf.constant(given, tf.int64) for key in labels})
+        else:
+            if shuffle_files:  # as TFDS does: another order, so that position cannot be relied on
+                order = np.random.default_rng(read_config.shuffle_seed if read_config else None).permutation(order)
+            images = [_fake_image(i, split, shape) for i in order]
+            columns = {"image": tf.constant([tf.io.encode_png(image).numpy() for image in images])}
+            for key, num_classes in labels.items():
+                columns[key] = tf.constant([_expected_label(i, num_classes) for i in order], tf.int64)
         ds = tf.data.Dataset.from_tensor_slices(columns)
         if not (decoders and isinstance(decoders.get("image"), tfds.decode.SkipDecoding)):
             ds = ds.map(lambda ex: dict(ex, image=tf.io.decode_png(ex["image"], channels=shape[-1] or 3)))

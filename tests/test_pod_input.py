@@ -210,3 +210,42 @@ def test_a_run_evaluates_on_tfrecords_of_its_held_out_images(run_copy, tmp_path)
     evaluation = json.loads(result.stdout[result.stdout.index("{"):])
     assert evaluation["images"] == report["images"] == 360
     assert evaluation["top1"] == pytest.approx(report["top1"], abs=1e-6)
+
+
+def test_a_run_on_tfrecords_has_the_history_of_the_same_run_on_tfds(tmp_path):
+    """The same examples (digits, 32 px) as a TFDS dataset (TFDS's mock, one file per split) and
+    as tensorflow/tpu-format TFRecord files (one per split): the same training history."""
+    from efficientnet_tf.data.sources import digits_split
+    from efficientnet_tf.training import TrainConfig, Trainer
+    from test_data_splits import fake_tfds
+
+    images, labels, train_idx, eval_idx = digits_split(0.2, 0)
+    images = np.kron(images, np.ones((4, 4, 1), np.uint8))  # 8 -> 32 px, as cifar10's metadata says
+    splits = {"train": (images[train_idx], labels[train_idx]), "test": (images[eval_idx], labels[eval_idx])}
+    write_tfrecords(tmp_path / "records", "train", *splits["train"], 1)
+    write_tfrecords(tmp_path / "records", "validation", *splits["test"], 1)
+    settings = dict(model="efficientnet-lite0", image_size=32, epochs=2, steps_per_epoch=5, batch_size=16, seed=0,
+                    dropout_rate=0.0, drop_connect_rate=0.0)
+    with fake_tfds(tmp_path / "tfds", "cifar10", {"train": len(train_idx), "test": len(eval_idx)}, examples=splits):
+        on_tfds = Trainer(TrainConfig.from_settings(dataset="cifar10", data_dir=str(tmp_path / "tfds"),
+                                                    model_dir=str(tmp_path / "tfds_run"), **settings), verbose=False)
+        assert on_tfds.source.num_classes == 10 and on_tfds.source.name == "cifar10"
+        on_tfds.fit()
+    on_records = Trainer(TrainConfig.from_settings(
+        dataset=f"tfrecord:{tmp_path}/records/train-*", eval_dataset=f"tfrecord:{tmp_path}/records/validation-*",
+        class_names_file=write_class_names(tmp_path, on_tfds.source.class_names), model_dir=str(tmp_path / "run"),
+        **settings), verbose=False)
+    on_records.fit()
+    from efficientnet_tf.training.rundir import read_history
+
+    columns = ("loss", "accuracy", "val_loss", "val_accuracy")
+    ours = [[float(row[c]) for c in columns] for row in read_history(str(tmp_path / "run"))]
+    theirs = [[float(row[c]) for c in columns] for row in read_history(str(tmp_path / "tfds_run"))]
+    assert len(ours) == 2 and ours == theirs
+
+
+def write_class_names(directory, names):
+    path = os.path.join(directory, "classes.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(names) + "\n")
+    return path

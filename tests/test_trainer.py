@@ -83,23 +83,27 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_two_workers(tmp_path, model_dir, sigterm_after_calls=0):
-    """Both workers of a loopback cluster; returns [(exit status, output)] in task order."""
+def _run_two_workers(tmp_path, model_dir, worker1_signal="-", every=0):
+    """Both workers of a loopback cluster (worker 1 signalling itself as `worker1_signal` says,
+    e.g. "TERM:6"); returns [(exit status, output)] in task order. A worker that dies leaves
+    the other waiting in a collective: it is killed, as an operator would."""
     ports = [str(_free_port()), str(_free_port())]
     worker = os.path.join(os.path.dirname(__file__), "multiworker_worker.py")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "EFFICIENTNET_TF_CACHE": str(tmp_path / ".cache")}
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]  # files: a full pipe would stall a worker
     procs = [subprocess.Popen([sys.executable, worker, str(i), *ports, str(model_dir), str(tmp_path / f"w{i}.npz"),
-                               str(tmp_path / "records"), str(sigterm_after_calls if i == 1 else 0)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
-    results = []
-    for p in procs:
-        try:
-            results.append((p.wait(timeout=400), p.stdout.read()))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("multi-worker training did not finish in 400 s")
-    return results
+                               str(tmp_path / "records"), worker1_signal if i == 1 else "-", str(every)],
+                              stdout=open(logs[i], "w"), stderr=subprocess.STDOUT, text=True, env=env)
+             for i in range(2)]
+    deadline = time.time() + 400
+    while any(p.poll() is None for p in procs):
+        if any(p.poll() == -signal.SIGKILL for p in procs) or time.time() > deadline:
+            for p in procs:
+                p.kill()
+        time.sleep(0.2)
+    if any(p.returncode == -signal.SIGKILL for p in procs) and "KILL" not in worker1_signal:
+        pytest.fail("multi-worker training did not finish in 400 s")
+    return [(p.returncode, log.read_text()) for p, log in zip(procs, logs)]
 
 
 def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
@@ -130,12 +134,19 @@ def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
         assert "reads 4 file(s)" not in output and "every pipeline reads every file" not in output
     uninterrupted = {key: a[key] for key in weights}
 
-    preempted = _run_two_workers(tmp_path, tmp_path / "preempted", sigterm_after_calls=6)  # epoch 2, step 2
+    def newest_position():
+        reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "preempted" / "checkpoints")))
+        return [int(reader.get_tensor(f"{n}/.ATTRIBUTES/VARIABLE_VALUE")) for n in ("epoch", "epoch_step")]
+
+    preempted = _run_two_workers(tmp_path, tmp_path / "preempted", "TERM:6")  # epoch 2, after step 2
     assert [status for status, _ in preempted] == [143, 143], [output[-2000:] for _, output in preempted]
     assert "stopped by SIGTERM at epoch 2, step 2 of 4" in preempted[1][1]
     assert "stopped by SIGTERM at epoch 2, step 2 of 4" in preempted[0][1]  # the chief stopped with it
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "preempted" / "checkpoints")))
-    assert [int(reader.get_tensor(f"{n}/.ATTRIBUTES/VARIABLE_VALUE")) for n in ("epoch", "epoch_step")] == [1, 2]
+    assert newest_position() == [1, 2]
+    # Restarted with a checkpoint every step; worker 1 is then killed outright (no chance to save)
+    # after its second step (epoch 2, step 4): the step 3 checkpoint is what is left.
+    killed = _run_two_workers(tmp_path, tmp_path / "preempted", "KILL:2", every=1)
+    assert killed[1][0] == -signal.SIGKILL and newest_position() == [1, 3]
     resumed = _run_two_workers(tmp_path, tmp_path / "preempted")
     for status, output in resumed:
         assert status == 0, output[-3000:]
