@@ -122,8 +122,10 @@ def test_bad_tfrecord_inputs_are_named(digits_records, tmp_path):
     directory, names, _, _ = digits_records
     with pytest.raises(FileNotFoundError, match=r"no file matches '.*nothing-\*'"):
         get_source(f"tfrecord:{directory}/nothing-*")
-    with pytest.raises(ValueError, match="eval_dataset='digits'"):
+    with pytest.raises(ValueError, match="the evaluation files of a tfrecord: dataset are tfrecord:GLOB, got 'digits'"):
         get_source(f"tfrecord:{directory}/train-*", eval_dataset="digits")
+    with pytest.raises(ValueError, match="'digits' has its own evaluation split"):
+        get_source("digits", eval_dataset=f"tfrecord:{directory}/validation-*")
     three = get_source(f"tfrecord:{directory}/train-*", class_names=["a", "b", "c"])  # labels go up to 9
     with pytest.raises(tf.errors.InvalidArgumentError, match="image/class/label - 1 outside 0..2"):
         _pairs(three.examples("train"))

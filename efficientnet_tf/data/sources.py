@@ -137,9 +137,9 @@ def get_source(name: str, data_dir: str | None = None, *, validation_fraction: f
     if label_key != "label" and not is_tfds:
         raise ValueError(f"label_key={label_key!r} applies to TFDS datasets only, not to {name!r}")
     if eval_dataset is not None and not (is_tfrecord and eval_dataset.startswith("tfrecord:")):
-        raise SettingError("eval_dataset", f"eval_dataset={eval_dataset!r}: during training, a tfrecord:GLOB of "
-                           f"evaluation files for a tfrecord: dataset (the other datasets have their own evaluation "
-                           f"split), not for {name!r}")
+        raise SettingError("eval_dataset", f"the evaluation files of a tfrecord: dataset are tfrecord:GLOB, got "
+                           f"{eval_dataset!r}" if is_tfrecord else "for training, eval_dataset names the evaluation "
+                           f"files (tfrecord:GLOB) of a tfrecord: dataset; {name!r} has its own evaluation split")
     if is_tfrecord:
         image_key, tf_label_key, offset = tfrecord_features
         return tfrecord_source(name[len("tfrecord:"):], eval_dataset[len("tfrecord:"):] if eval_dataset else None,
@@ -159,8 +159,11 @@ def peek_dataset(name: str, data_dir: str | None = None, **source_args) -> tuple
     """(stored image size or None: varied, training images or None: unknown) of dataset `name`,
     without downloading or decoding images: what resolving a run's values needs before any work
     starts. `source_args` go to `get_source` (label_key, validation_fraction, seed)."""
-    if name.startswith(("folder:", "tfrecord:")):
-        return None, None  # any size; and opening the source checks every file or counts its records
+    if name.startswith("tfrecord:"):
+        tfrecord_files(name[len("tfrecord:"):])  # files missing: say so now (counting them means reading them)
+        return None, None
+    if name.startswith("folder:"):
+        return None, None  # any size; and opening a folder source checks every file
     try:
         source = get_source(name, data_dir, download=False, **source_args)
         return source.native_size, source.num_train
