@@ -97,6 +97,7 @@ if __name__ == "__main__":  # before the package below imports Keras, so TensorF
     _early = early_flag_value(sys.argv[1:], "tf_log_level")
     import_tensorflow_quietly(tf_log_level(_early if _early in ("0", "1", "2", "3") else None))
 
+from efficientnet_tf import files  # noqa: E402
 from efficientnet_tf.deploy.config import ExportConfig  # noqa: E402
 from efficientnet_tf.settings import SettingError, settings_of  # noqa: E402
 from efficientnet_tf.training.config import TrainConfig  # noqa: E402
@@ -337,7 +338,7 @@ def run_mismatch_line(err) -> str:
 def _existing_model_dir() -> str:
     if not FLAGS.model_dir:
         raise FileNotFoundError(f"--mode={FLAGS.mode} needs --model_dir: the directory of a training run")
-    if not os.path.isdir(FLAGS.model_dir):
+    if not files.isdir(FLAGS.model_dir):
         raise FileNotFoundError(f"model_dir {FLAGS.model_dir!r} does not exist: pass --model_dir of a training run")
     return FLAGS.model_dir
 

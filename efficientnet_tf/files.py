@@ -1,15 +1,89 @@
 """Writing files so that a reader, a crash or a full disk never leaves half of one.
 
 The one implementation of atomic writes (and of moving things aside) in the package: run
-directories, checkpoints, plots, exports and caches all go through it.
+directories, checkpoints, plots, exports and caches all go through it. Paths with a scheme
+(`gs://bucket/run`, TensorFlow's `ram://`) go through TensorFlow's file system layer
+(`tf.io.gfile`): a run directory can live in a bucket, as TPU training needs.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """A path TensorFlow's file system layer serves (gs://, ram://, ...), not the local disk."""
+    return "://" in os.fspath(path)
+
+
+def _gfile():
+    import tensorflow as tf  # only for remote paths: this module stays importable without it
+
+    return tf.io.gfile
+
+
+def exists(path: str | os.PathLike) -> bool:
+    return _gfile().exists(os.fspath(path)) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str | os.PathLike) -> bool:
+    return _gfile().isdir(os.fspath(path)) if is_remote(path) else os.path.isdir(path)
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+    """Entry names (directories without a trailing slash)."""
+    if is_remote(path):
+        return [name.rstrip("/") for name in _gfile().listdir(os.fspath(path))]
+    return os.listdir(path)
+
+
+def makedirs(path: str | os.PathLike) -> None:
+    if is_remote(path):
+        _gfile().makedirs(os.fspath(path))
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a directory and everything in it; a missing one is not an error."""
+    if is_remote(path):
+        if _gfile().exists(os.fspath(path)):
+            _gfile().rmtree(os.fspath(path))
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def modified_time(path: str | os.PathLike) -> float:
+    """Seconds since the epoch (0.0 where the file system keeps no times)."""
+    if is_remote(path):
+        return _gfile().stat(os.fspath(path)).mtime_nsec / 1e9
+    return os.path.getmtime(path)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    if is_remote(path):
+        with _gfile().GFile(os.fspath(path), "r") as f:
+            return f.read()
+    with open(path, encoding="utf8", newline="") as f:
+        return f.read()
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    if is_remote(path):
+        with _gfile().GFile(os.fspath(path), "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def glob_files(pattern: str) -> list[str]:
+    """Paths matching `pattern` (its literal part must not hold glob characters)."""
+    return sorted(_gfile().glob(pattern)) if is_remote(pattern) else sorted(glob.glob(pattern))
 
 
 def current_umask() -> int:
@@ -26,6 +100,21 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> str:
     open() (mkstemp's own are private). Returns the path written.
     """
     path = os.fspath(path)
+    if is_remote(path):
+        # Written whole under another name, then renamed over `path` (on gs:// a copy, which
+        # replaces the object at once); writing `path` itself would append on some file systems.
+        gfile = _gfile()
+        gfile.makedirs(os.path.dirname(path))
+        temporary = os.path.join(os.path.dirname(path), f".tmp_{uuid.uuid4().hex}")
+        try:
+            with gfile.GFile(temporary, "wb" if isinstance(data, bytes) else "w") as f:
+                f.write(data)
+            gfile.rename(temporary, path, overwrite=True)
+        except BaseException:
+            if gfile.exists(temporary):
+                gfile.remove(temporary)
+            raise
+        return path
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp_")
@@ -47,9 +136,12 @@ def move_aside(path: str | os.PathLike, suffix: str) -> str:
     nothing is overwritten or deleted; returns the new name."""
     path = os.fspath(path)
     n = 1
-    while os.path.exists(f"{path}.{suffix}-{n}"):
+    while exists(f"{path}.{suffix}-{n}"):
         n += 1
-    os.replace(path, f"{path}.{suffix}-{n}")
+    if is_remote(path):
+        _gfile().rename(path, f"{path}.{suffix}-{n}")
+    else:
+        os.replace(path, f"{path}.{suffix}-{n}")
     return f"{path}.{suffix}-{n}"
 
 
@@ -59,6 +151,9 @@ def replace_directory(build: Callable[[str], None], destination: str | os.PathLi
     On any failure the previous destination (if any) is untouched and the staging directory
     removed. Returns the absolute destination.
     """
+    if is_remote(destination):
+        raise ValueError(f"an export is built in a local directory and swapped in there, not in {destination}: "
+                         "give a local export directory (and copy it to the bucket afterwards)")
     destination = os.path.abspath(os.fspath(destination))
     parent = os.path.dirname(destination)
     os.makedirs(parent, exist_ok=True)

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from efficientnet_tf import files
 from efficientnet_tf.files import atomic_write
 from efficientnet_tf.training.rundir import (
     AUGMENTED_PNG,
@@ -42,8 +43,8 @@ def load_history(history) -> dict[str, np.ndarray]:
         columns = {k: list(v) for k, v in history.items()}
     elif isinstance(history, (str, os.PathLike)):
         path = os.fspath(history)
-        csv_path = os.path.join(path, HISTORY_CSV) if os.path.isdir(path) else path
-        if not os.path.exists(csv_path):
+        csv_path = os.path.join(path, HISTORY_CSV) if files.isdir(path) else path
+        if not files.exists(csv_path):
             raise FileNotFoundError(f"no history at {csv_path}: train first, or pass a history.csv")
         columns = _rows_to_columns(read_history_csv(csv_path))
     elif isinstance(history, Sequence):

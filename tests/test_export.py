@@ -168,3 +168,19 @@ def test_tflite_export_without_the_run_dataset_says_what_works(run_copy, tmp_pat
     report = export.export_run(str(run), tflite=["float32"], calibration_dataset="synthetic", check_images=16)
     entry = report["tflite"]["float32"]
     assert entry["images"] == 16 and entry["agreement"] >= 0.9 and "top1" not in entry
+
+
+def test_a_run_without_dropout_or_stochastic_depth_loads_for_export(tmp_path):
+    """At rate 0 those layers do not exist; the loaded model must be built the same way (it was
+    built with the variant's defaults, and no checkpoint of such a run could be exported)."""
+    from efficientnet_tf.deploy.export import load_trained_model
+    from efficientnet_tf.training import TrainConfig, Trainer
+
+    config = TrainConfig.from_settings(model="efficientnet-lite0", dataset="digits", image_size=32, epochs=1,
+                                       steps_per_epoch=2, batch_size=16, seed=0, dropout_rate=0.0,
+                                       drop_connect_rate=0.0, model_dir=str(tmp_path / "run"))
+    trainer = Trainer(config, verbose=False)
+    trainer.fit(validate=False)
+    model, info = load_trained_model(str(tmp_path / "run"), use_ema=False)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model(images, training=False), trainer.model(images, training=False), atol=1e-5)

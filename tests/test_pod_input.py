@@ -251,3 +251,44 @@ def write_class_names(directory, names):
     with open(path, "w") as f:
         f.write("\n".join(names) + "\n")
     return path
+
+
+def test_a_run_directory_in_a_bucket_works_as_a_local_one(tmp_path):
+    """model_dir through TensorFlow's file system layer (ram:// here, gs:// for users): the same
+    run as in a local directory gives the same history; it resumes, falls back from a damaged
+    checkpoint, replots, and an export to the bucket says to export locally."""
+    from efficientnet_tf import files
+    from efficientnet_tf.deploy.export import export_run, load_trained_model
+    from efficientnet_tf.training import TrainConfig, Trainer
+    from efficientnet_tf.training.report import replot_run
+    from efficientnet_tf.training.rundir import read_history
+
+    # No step checkpoints here: TensorFlow's ram:// appends to a file written again (gs:// replaces
+    # it), so a checkpoint saved twice under one number would read back damaged.
+    settings = dict(model="efficientnet-lite0", dataset="digits", image_size=32, epochs=2, steps_per_epoch=3,
+                    batch_size=16, seed=0, dropout_rate=0.0, drop_connect_rate=0.0)
+    bucket = "ram://bucket/runs/lite0"
+    local = str(tmp_path / "lite0")
+    for model_dir in (local, bucket):
+        Trainer(TrainConfig.from_settings(model_dir=model_dir, **settings), verbose=False).fit()
+    def learned(model_dir):  # each epoch's numbers, without its speed
+        return [{k: v for k, v in row.items() if k != "images_per_sec"} for row in read_history(model_dir)]
+
+    assert learned(bucket) == learned(local) and len(learned(bucket)) == 2
+    assert sorted(files.listdir(bucket)) == sorted(os.listdir(local))
+    assert files.read_text(f"{bucket}/eval_report.json").startswith("{")
+
+    resumed = Trainer(TrainConfig.from_settings(model_dir=bucket, **dict(settings, epochs=3)), verbose=False)
+    resumed.fit(validate=False)
+    assert resumed.resumed_from == f"{bucket}/checkpoints/ckpt-2" and len(read_history(bucket)) == 3
+    tf.io.gfile.remove(f"{bucket}/checkpoints/ckpt-3.data-00000-of-00001")
+    with tf.io.gfile.GFile(f"{bucket}/checkpoints/ckpt-3.data-00000-of-00001", "wb") as f:
+        f.write(b"")  # damaged: zero length
+    _, info = load_trained_model(bucket)
+    assert info["checkpoint"] == f"{bucket}/checkpoints/ckpt-2"
+    assert "ckpt-3.data-00000-of-00001.damaged-1" in files.listdir(f"{bucket}/checkpoints")
+    assert any(path.endswith("history.png") for path in replot_run(bucket))
+    with pytest.raises(ValueError, match="an export is built in a local directory"):
+        export_run(bucket)
+    export_run(bucket, export_dir=str(tmp_path / "export"))
+    assert os.path.isdir(tmp_path / "export" / "saved_model")

@@ -41,8 +41,11 @@ def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Mode
     checkpoint_dir = RunDir(model_dir).checkpoints
     size = int(info["image_size"])
     with dtype_policy("float32"):
+        # The run's dropout and drop-connect rates: at 0 the model has no such layers, and the
+        # checkpoint's layer numbering follows the layers that exist.
         model = build_model(config.model.name, num_classes=int(info["num_classes"]), input_shape=(size, size, 3),
-                            weights=None, classifier_activation=None)
+                            weights=None, classifier_activation=None, dropout_rate=config.model.dropout_rate,
+                            drop_connect_rate=config.model.drop_connect_rate)
     decay = config.optimizer.ema_decay
     ema = WeightAverage(model.variables, decay) if decay > 0 else None
     checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))

@@ -18,6 +18,7 @@ import re
 
 import tensorflow as tf
 
+from efficientnet_tf import files
 from efficientnet_tf.files import atomic_write, move_aside
 from efficientnet_tf.training.errors import UnreadableCheckpoints
 
@@ -32,9 +33,9 @@ def checkpoint_paths(directory: str) -> list[str]:
     """The checkpoints in `directory` (prefixes such as DIR/ckpt-3), oldest first: every one with
     an index or a data file present. The files are the truth: a state file may be damaged, stale,
     or point into another directory (a run that was moved)."""
-    if not os.path.isdir(directory):
+    if not files.isdir(directory):
         return []
-    prefixes = {match.group(1) for name in os.listdir(directory) if (match := _CHECKPOINT_FILE.match(name))}
+    prefixes = {match.group(1) for name in files.listdir(directory) if (match := _CHECKPOINT_FILE.match(name))}
     return [os.path.join(directory, p) for p in sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]))]
 
 
@@ -43,7 +44,7 @@ def write_state_file(directory: str, paths: list[str]) -> None:
     names relative to the directory (a moved run still reads its own) and each checkpoint's time,
     so that the manager keeps pruning them (`keep_checkpoints`)."""
     names = [os.path.basename(p) for p in paths]
-    times = [os.path.getmtime(f"{p}.index") if os.path.exists(f"{p}.index") else 0.0 for p in paths]
+    times = [files.modified_time(f"{p}.index") if files.exists(f"{p}.index") else 0.0 for p in paths]
     # CheckpointState in protobuf text format, as TF writes it (names are plain: ckpt-N).
     lines = [f"model_checkpoint_path: {json.dumps(names[-1])}"]
     lines += [f"all_model_checkpoint_paths: {json.dumps(name)}" for name in names]
@@ -56,7 +57,7 @@ def repair_state_file(directory: str) -> None:
     """Before a CheckpointManager reads `directory`: an unreadable state file is kept as
     `checkpoint.damaged-N` (with a warning) and rewritten from the checkpoint files present."""
     path = os.path.join(directory, STATE_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return
     try:
         tf.train.get_checkpoint_state(directory)
@@ -74,7 +75,9 @@ def repair_state_file(directory: str) -> None:
 def unreadable_reason(path: str) -> str | None:
     """None when every tensor of checkpoint `path` reads back; else why not, in a few words."""
     try:
-        reader = tf.train.load_checkpoint(path)
+        # The reader itself: load_checkpoint first asks whether `path` is a directory, which some
+        # file systems answer yes for any prefix.
+        reader = tf.compat.v1.train.NewCheckpointReader(path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except Exception as err:  # noqa: BLE001  (TF raises many types for damaged files: OpError, IndexError, ...)
@@ -84,7 +87,7 @@ def unreadable_reason(path: str) -> str | None:
 
 def set_aside(path: str) -> list[str]:
     """Rename every file of checkpoint `path` to `<file>.damaged-N`; returns the new names."""
-    return [move_aside(file, "damaged") for file in sorted(glob.glob(glob.escape(path) + ".*"))
+    return [move_aside(file, "damaged") for file in files.glob_files(glob.escape(path) + ".*")
             if ".damaged-" not in file]
 
 

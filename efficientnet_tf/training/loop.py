@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf import files
 from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, per_replica_batch_size
 from efficientnet_tf.data.sources import Source
 from efficientnet_tf.models.builder import build_model
@@ -260,12 +260,12 @@ class Trainer:
             raise ValueError(f"this Trainer reads {self.source.name}, not its run's dataset {config.data.dataset}: "
                              "it evaluates the run and cannot train it")
         if self.chief:
-            if self.overwrite and os.path.exists(self.run_dir.path):
+            if self.overwrite and files.exists(self.run_dir.path):
                 moved = self.run_dir.set_aside()
                 self._print(f"previous run in {self.run_dir.path} moved to {moved}")
                 self.overwrite = False  # once: a second fit() continues this run
                 self.manager = self._new_manager()  # the old one listed the old run's checkpoints
-            os.makedirs(self.run_dir.path, exist_ok=True)
+            files.makedirs(self.run_dir.path)
             self._write_run_info()
         start_epoch = self._restore()
         history = [r for r in self.run_dir.read_history() if int(r["epoch"]) < start_epoch]
@@ -528,7 +528,7 @@ class Trainer:
 
     def _cleanup_worker_dir(self) -> None:
         if not self.chief:
-            shutil.rmtree(os.path.dirname(self.checkpoint_dir), ignore_errors=True)
+            files.remove_tree(os.path.dirname(self.checkpoint_dir))
 
     def evaluate(self, image_size: int | None = None, confusion: bool = False, split: str = "eval") -> dict:
         """Top-1/top-5/loss on `split` ('eval', or 'train': the training images, preprocessed for

@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from efficientnet_tf import files
 from efficientnet_tf.files import atomic_write, move_aside
 from efficientnet_tf.training.config import TrainConfig
 
@@ -140,7 +141,7 @@ class RunDir:
 
     def exists(self) -> bool:
         """Whether a run was started here (its run.json exists)."""
-        return os.path.exists(self.file(RUN_JSON))
+        return files.exists(self.file(RUN_JSON))
 
     def check_same_run(self, config: TrainConfig) -> None:
         """`RunMismatch` when this directory holds a run that `config` would not continue."""
@@ -152,23 +153,22 @@ class RunDir:
     def set_aside(self) -> str | None:
         """Rename this directory to `<path>.replaced-N`; returns the new name, None when there was
         nothing to move."""
-        return move_aside(self.path, "replaced") if os.path.exists(self.path) else None
+        return move_aside(self.path, "replaced") if files.exists(self.path) else None
 
     def write_info(self, info: dict) -> None:
         atomic_write(self.file(RUN_JSON), json.dumps(info, indent=2) + "\n")
 
     def read_info(self) -> dict:
         path = self.file(RUN_JSON)
-        if not os.path.exists(path):
+        if not files.exists(path):
             raise NotARunError(f"{path} not found: {self.path} is not a training run directory (train first)")
-        with open(path, encoding="utf8") as f:
-            return json.load(f)
+        return json.loads(files.read_text(path))
 
     # ------------------------------------------------------------------ history.csv
 
     def read_history(self) -> list[dict]:
         path = self.file(HISTORY_CSV)
-        return read_history_csv(path) if os.path.exists(path) else []
+        return read_history_csv(path) if files.exists(path) else []
 
     def write_history(self, rows: list[dict]) -> None:
         lines = [",".join(HISTORY_COLUMNS)]
@@ -186,13 +186,12 @@ class RunDir:
 
     def read_confusion(self) -> np.ndarray | None:
         path = self.file(CONFUSION_NPY)
-        return np.load(path) if os.path.exists(path) else None
+        return np.load(io.BytesIO(files.read_bytes(path))) if files.exists(path) else None
 
 
 def read_history_csv(path: str) -> list[dict]:
     """The rows of a history.csv file (strings, as written)."""
-    with open(path, newline="", encoding="utf8") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(files.read_text(path))))
 
 
 def read_history(model_dir: str) -> list[dict]:
