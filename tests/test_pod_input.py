@@ -59,12 +59,16 @@ def test_tpu_format_records_read_as_the_images_they_hold(digits_records):
     assert shuffled == _pairs(source.examples("train", shuffle_files=True, seed=3))  # seeded: the same order
 
 
-def test_record_counts_are_counted_once_and_recounted_when_a_file_changes(digits_records, tmp_path, monkeypatch):
-    directory, names, train, _ = digits_records
+def test_records_are_counted_once_and_again_when_a_file_changes(digits_records, tmp_path, monkeypatch):
+    """Counts and label ranges from one read per file, cached; a replaced file is read again."""
+    directory, names, train, evaluation = digits_records
     _source(directory, names)
     bounds = np.linspace(0, 1437, 9).astype(int)
     cache = json.loads((tmp_path / ".cache" / "record_counts.json").read_text())
-    assert sorted(cache.values()) == sorted(list(np.diff(bounds)) + [180, 180])
+    assert sorted(entry[0] for entry in cache.values()) == sorted(list(np.diff(bounds)) + [180, 180])
+    files = sorted(str(p) for p in directory.glob("train-*"))
+    first = data_lib.record_stats(files)[files[0]]
+    assert first == (bounds[1], int(train[1][:bounds[1]].min()) + 1, int(train[1][:bounds[1]].max()) + 1)
     opened = []
 
     class Counting(tf.data.TFRecordDataset):
@@ -73,13 +77,12 @@ def test_record_counts_are_counted_once_and_recounted_when_a_file_changes(digits
             super().__init__(filenames, *args, **kwargs)
 
     monkeypatch.setattr(tf.data, "TFRecordDataset", Counting)
-    files = sorted(str(p) for p in directory.glob("train-*"))
-    data_lib.record_counts(files)
+    data_lib.record_stats(files)
     assert opened == []  # all cached
     (replacement,) = write_tfrecords(tmp_path / "other", "train", train[0][:5], train[1][:5], 1)
     os.replace(replacement, files[0])
-    counts = data_lib.record_counts(files)
-    assert opened == [files[0]] and counts[files[0]] == 5 and counts[files[1]] == bounds[2] - bounds[1]
+    stats = data_lib.record_stats(files)
+    assert opened == [files[0]] and stats[files[0]][0] == 5 and stats[files[1]][0] == bounds[2] - bounds[1]
 
 
 def test_a_held_out_share_when_there_are_no_evaluation_files(digits_records):
@@ -126,9 +129,15 @@ def test_bad_tfrecord_inputs_are_named(digits_records, tmp_path):
         get_source(f"tfrecord:{directory}/train-*", eval_dataset="digits")
     with pytest.raises(ValueError, match="'digits' has its own evaluation split"):
         get_source("digits", eval_dataset=f"tfrecord:{directory}/validation-*")
-    three = get_source(f"tfrecord:{directory}/train-*", class_names=["a", "b", "c"])  # labels go up to 9
-    with pytest.raises(tf.errors.InvalidArgumentError, match="image/class/label - 1 outside 0..2"):
-        _pairs(three.examples("train"))
+    with pytest.raises(ValueError, match=r"the image/class/label labels of .*train-\* run from 1 to 10; minus "
+                                         r"tfrecord_label_offset=1 that is 0..9, outside the 3 classes 0..2"):
+        get_source(f"tfrecord:{directory}/train-*", class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="run from 1 to 10; minus tfrecord_label_offset=0 that is 1..10"):
+        get_source(f"tfrecord:{directory}/train-*", class_names=list("abcdefghij"), tfrecord_features=(
+            "image/encoded", "image/class/label", 0))
+    with pytest.raises(ValueError, match="has no integer feature 'label'"):
+        get_source(f"tfrecord:{directory}/train-*", class_names=list("abcdefghij"), tfrecord_features=(
+            "image/encoded", "label", 1))
 
 
 def test_a_resumed_epoch_gets_the_batches_an_uninterrupted_one_gets():

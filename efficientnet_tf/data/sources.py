@@ -406,8 +406,9 @@ def tfrecord_source(pattern: str, eval_pattern: str | None = None, *, validation
 
     Each input pipeline of a distributed run reads its own files (file i goes to pipeline
     i mod count); with fewer files than pipelines every pipeline reads every file and keeps its
-    share, with a warning. Record counts (needed for steps per epoch and padded evaluation) are
-    counted once per file and cached by path, size and modification time under `cache_dir()`.
+    share, with a warning. Record counts (needed for steps per epoch and padded evaluation) and
+    label ranges (checked against the classes before anything trains) come from one read of each
+    file, cached by path, size and modification time under `cache_dir()`.
 
     Args:
         pattern: glob of the training files, local or gs:// (e.g. 'gs://bucket/train-*').
@@ -423,7 +424,10 @@ def tfrecord_source(pattern: str, eval_pattern: str | None = None, *, validation
         raise ValueError(f"a TFRecord dataset needs at least 2 class names, got {len(names)}")
     train_files = tfrecord_files(pattern)
     eval_files = tfrecord_files(eval_pattern) if eval_pattern else None
-    counts = record_counts(train_files + (eval_files or []))
+    stats = record_stats(train_files + (eval_files or []), label_key)
+    _check_label_range(stats, pattern if not eval_files else f"{pattern} and {eval_pattern}", label_key,
+                       label_offset, len(names))
+    counts = {path: entry[0] for path, entry in stats.items()}
     features = {image_key: tf.io.FixedLenFeature([], tf.string), label_key: tf.io.FixedLenFeature([], tf.int64)}
     num_classes = len(names)
 
@@ -528,30 +532,55 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def record_counts(files: list[str]) -> dict[str, int]:
-    """{file: records in it}, counted once per file (a full read) and cached by path, size and
-    modification time under `cache_dir()`."""
+def record_stats(files: list[str], label_key: str = TFRECORD_LABEL_KEY) -> dict[str, tuple[int, int, int]]:
+    """{file: (records, smallest label, largest label)}, from one read of each file (labels only,
+    images not decoded), cached by path, size and modification time under `cache_dir()`. A
+    record without the integer feature `label_key` is a ValueError naming the file."""
     cache_path = os.path.join(cache_dir(), "record_counts.json")
     try:
         with open(cache_path, encoding="utf8") as f:
             cached = json.load(f)
     except (OSError, ValueError):
         cached = {}
-    counts, changed = {}, False
+    stats, changed = {}, False
+    features = {label_key: tf.io.FixedLenFeature([], tf.int64)}
     for path in files:
         stat = tf.io.gfile.stat(path)
-        key = f"{path}|{stat.length}|{stat.mtime_nsec}"
-        if not isinstance(cached.get(key), int):
-            log.info("counting the records of %s (once; cached under %s)", path, cache_path)
-            cached[key] = int(tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        key = f"{path}|{stat.length}|{stat.mtime_nsec}|{label_key}"
+        entry = cached.get(key)
+        if not (isinstance(entry, list) and len(entry) == 3):
+            log.info("reading the labels of %s (once; cached under %s)", path, cache_path)
+            labels = tf.data.TFRecordDataset(path).map(lambda record: tf.io.parse_single_example(record, features)[
+                label_key])
+            start = (tf.constant(0, tf.int64), tf.constant(np.iinfo(np.int64).max), tf.constant(np.iinfo(np.int64).min))
+            try:
+                count, low, high = labels.reduce(start, lambda state, label: (
+                    state[0] + 1, tf.minimum(state[1], label), tf.maximum(state[2], label)))
+            except tf.errors.OpError as err:
+                raise SettingError("tfrecord_label_key", f"a record of {path} has no integer feature {label_key!r} "
+                                   f"({type(err).__name__}): name the class feature with tfrecord_label_key") from None
+            entry = cached[key] = [int(count), int(low), int(high)]
             changed = True
-        counts[path] = cached[key]
+        stats[path] = tuple(entry)
     if changed:
         try:
             atomic_write(cache_path, json.dumps(cached))
         except OSError as err:  # a read-only home must not stop training
             log.info("record-count cache not written to %s (%s)", cache_path, err)
-    return counts
+    return stats
+
+
+def _check_label_range(stats: dict, pattern: str, label_key: str, label_offset: int, num_classes: int) -> None:
+    """SettingError when the files' labels, minus the offset, are not all classes 0..num_classes-1."""
+    filled = [entry for entry in stats.values() if entry[0] > 0]
+    if not filled:
+        return
+    low, high = min(entry[1] for entry in filled), max(entry[2] for entry in filled)
+    if low - label_offset < 0 or high - label_offset >= num_classes:
+        raise SettingError("tfrecord_label_offset", f"the {label_key} labels of {pattern} run from {low} to {high}; "
+                           f"minus tfrecord_label_offset={label_offset} that is {low - label_offset}..{high - label_offset}"
+                           f", outside the {num_classes} classes 0..{num_classes - 1}: set the label offset "
+                           "(tensorflow/tpu's ImageNet files: 1) or the class names")
 
 
 # ---------------------------------------------------------------- the file check and its cache
