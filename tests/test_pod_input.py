@@ -135,6 +135,10 @@ def test_bad_tfrecord_inputs_are_named(digits_records, tmp_path):
     with pytest.raises(ValueError, match="run from 1 to 10; minus tfrecord_label_offset=0 that is 1..10"):
         get_source(f"tfrecord:{directory}/train-*", class_names=list("abcdefghij"), tfrecord_features=(
             "image/encoded", "image/class/label", 0))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "train-00000-of-00001").write_bytes(b"not a tfrecord file" * 10)
+    with pytest.raises(ValueError, match=r"train-00000-of-00001 cannot be read as a TFRecord file \(DataLossError"):
+        get_source(f"tfrecord:{tmp_path}/broken/train-*", class_names=list("abcdefghij"))
     with pytest.raises(ValueError, match="has no integer feature 'label'"):
         get_source(f"tfrecord:{directory}/train-*", class_names=list("abcdefghij"), tfrecord_features=(
             "image/encoded", "label", 1))

@@ -535,7 +535,8 @@ def _warn_once(message: str) -> None:
 def record_stats(files: list[str], label_key: str = TFRECORD_LABEL_KEY) -> dict[str, tuple[int, int, int]]:
     """{file: (records, smallest label, largest label)}, from one read of each file (labels only,
     images not decoded), cached by path, size and modification time under `cache_dir()`. A
-    record without the integer feature `label_key` is a ValueError naming the file."""
+    record without the integer feature `label_key`, or a file that is not TFRecords, is a
+    ValueError naming the file."""
     cache_path = os.path.join(cache_dir(), "record_counts.json")
     try:
         with open(cache_path, encoding="utf8") as f:
@@ -556,9 +557,12 @@ def record_stats(files: list[str], label_key: str = TFRECORD_LABEL_KEY) -> dict[
             try:
                 count, low, high = labels.reduce(start, lambda state, label: (
                     state[0] + 1, tf.minimum(state[1], label), tf.maximum(state[2], label)))
-            except tf.errors.OpError as err:
+            except tf.errors.InvalidArgumentError as err:  # the record parsed, the feature is not there
                 raise SettingError("tfrecord_label_key", f"a record of {path} has no integer feature {label_key!r} "
                                    f"({type(err).__name__}): name the class feature with tfrecord_label_key") from None
+            except tf.errors.OpError as err:  # DataLossError: not TFRecords, or cut short
+                raise ValueError(f"{path} cannot be read as a TFRecord file ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:200]})") from None
             entry = cached[key] = [int(count), int(low), int(high)]
             changed = True
         stats[path] = tuple(entry)
