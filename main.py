@@ -238,12 +238,12 @@ def run_eval() -> None:
     if other and other != config.data.eval_dataset:
         # Read like the run's own data (data_dir, seed, held-out share); a TFDS label_key only for
         # TFDS; tfrecord files: all their records evaluate, labelled with the run's class names.
+        from efficientnet_tf.data.sources import is_tfds_name
         from efficientnet_tf.training.rundir import RunDir
 
-        tfds = not other.startswith(("folder:", "tfrecord:")) and other not in ("digits", "synthetic")
         try:
             eval_source = config.replace(
-                dataset=other, label_key=config.data.label_key if tfds else "label",
+                dataset=other, label_key=config.data.label_key if is_tfds_name(other) else "label",
                 eval_dataset=other if other.startswith("tfrecord:") else None,
             ).load_source(class_names=RunDir(config.model_dir).read_info()["class_names"])
         except SettingError as err:  # it names --dataset, the run's setting: say which flag it was
