@@ -290,7 +290,7 @@ def run_predict(extra_images) -> None:
         predictor = Predictor.from_pretrained(FLAGS.model, FLAGS.weights)
     else:
         raise ValueError("predict needs --model_dir (a training run), --saved_model (an export) or "
-                         "--weights=imagenet|PATH (with --model)")
+                         "--weights=imagenet|FAMILY|PATH (with --model; list_weights(model) names the families)")
     print(f"# {predictor.description}")
     print(format_predictions(images, predictor(images)))
 

@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["efficientnet_tf", "efficientnet_tf.*"]),
-    package_data={"efficientnet_tf.data": ["imagenet_classes.txt"]},
+    package_data={"efficientnet_tf.data": ["imagenet_classes.txt", "imagenet21k_classes.txt.gz"]},
     python_requires=">=3.10",
     # Ranges: what the code supports. constraints.txt: the exact versions the suite last passed
     # with, which CI and the README's install command use (refresh: .ci/refresh-constraints).

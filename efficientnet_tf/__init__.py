@@ -34,6 +34,7 @@ _EXPORTS = {
     "custom_config": "models.configs",
     "get_config": "models.configs",
     "list_models": "models.configs",
+    "list_weights": "models.official",
     "FeatureInfo": "models.builder",
     "build_efficientnet": "models.builder",
     "build_feature_extractor": "models.builder",

@@ -131,6 +131,13 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> str:
     return path
 
 
+def move_into_place(source: str | os.PathLike, path: str | os.PathLike) -> str:
+    """Rename a finished local file (written beside `path`, e.g. by a library that only writes
+    to a path) over `path` in one step: readers see the old file or the new one."""
+    os.replace(os.fspath(source), os.fspath(path))
+    return os.fspath(path)
+
+
 def move_aside(path: str | os.PathLike, suffix: str) -> str:
     """Rename `path` (a file or directory) to `<path>.<suffix>-N`, N the first free number, so that
     nothing is overwritten or deleted; returns the new name."""

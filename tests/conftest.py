@@ -22,6 +22,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (every variant, real training runs)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: pytest-xdist hands tests out in this order, so the long ones start at
+    once on both workers instead of one of them finishing the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _clear_keras_session():
     """Fresh layer-name counters per test, so names never depend on test order."""

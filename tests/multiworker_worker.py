@@ -31,7 +31,7 @@ from efficientnet_tf.training.errors import TrainingInterrupted  # noqa: E402
 handler = logging.StreamHandler(sys.stdout)
 logging.getLogger("efficientnet_tf.data.sources").addHandler(handler)
 logging.getLogger("efficientnet_tf.data.sources").setLevel(logging.INFO)
-config = TrainConfig.from_settings(model="efficientnet-b0", dataset=f"tfrecord:{records}/train-*",
+config = TrainConfig.from_settings(model="efficientnet-lite0", dataset=f"tfrecord:{records}/train-*",
                                    eval_dataset=f"tfrecord:{records}/validation-*",
                                    class_names_file=f"{records}/classes.txt", model_dir=model_dir, epochs=2,
                                    steps_per_epoch=4, batch_size=16, image_size=32, strategy="auto", dropout_rate=0.0,

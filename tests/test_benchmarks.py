@@ -64,6 +64,7 @@ def test_input_pipeline_quick_ratio_is_the_measured_rates_ratio(tmp_path):
                                                                                                abs=0.0051)
 
 
+@pytest.mark.slow
 def test_training_throughput_quick_reports_consistent_ratios(tmp_path):
     out, report, wall = _run("training_throughput.py", "--quick", tmp_path=tmp_path)
     peak = report["peak_flops"]
@@ -121,6 +122,7 @@ def test_inference_quick_times_every_format_at_both_batches(tmp_path):
     assert timed < wall
 
 
+@pytest.mark.slow
 def test_progressive_quick_compares_both_runs(tmp_path):
     out, report, wall = _run("progressive.py", "--quick", tmp_path=tmp_path)
     runs = report["runs"]

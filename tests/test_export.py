@@ -125,6 +125,7 @@ def test_bad_export_requests(tmp_path, tiny_run):
         export.export_run(tiny_run[0], tflite=["int4"])
 
 
+@pytest.mark.slow
 def test_cli_export_plot_and_predict(tiny_run, tmp_path):
     model_dir, _ = tiny_run
     export_dir = str(tmp_path / "cli_export")

@@ -36,6 +36,7 @@ def _two_cpus():
     return devices
 
 
+@pytest.mark.slow
 def test_mirrored_step_matches_one_device(tmp_path):
     config = TrainConfig.from_settings(model_dir=str(tmp_path), ema_decay=0.0, sync_batch_norm=True, **QUICK)
     single = Trainer(config, verbose=False, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
@@ -60,6 +61,7 @@ def test_batch_not_divisible_by_replicas_stops_early(tmp_path):
         Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(_two_cpus()))
 
 
+@pytest.mark.slow
 def test_train_step_compiles_with_xla(tmp_path):
     config = TrainConfig.from_settings(model_dir=str(tmp_path), ema_decay=0.0, **QUICK)
     eager = Trainer(config, verbose=False)
@@ -106,6 +108,7 @@ def _run_two_workers(tmp_path, model_dir, worker1_signal="-", every=0):
     return [(p.returncode, log.read_text()) for p, log in zip(procs, logs)]
 
 
+@pytest.mark.slow
 def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
     """Two workers train from 4 TFRecord files, each reading only its own 2 (and 1 of the 2
     validation files), and end with the same weights. Then a second run where worker 1 is
@@ -223,6 +226,7 @@ def _run_main(model_dir, *extra, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_from_last_epoch(tmp_path):
     model_dir = tmp_path / "run"
     # Warmup spans the kill: checks the schedule resumes. Epochs of 20 steps (~3 s) leave time

@@ -6,6 +6,8 @@ Every source yields (uint8 RGB image of any size, int32 label) pairs plus its me
 
 from __future__ import annotations
 
+import gzip
+
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -99,6 +101,15 @@ def imagenet_class_names() -> list[str]:
     names = [line for line in text.splitlines() if line]
     assert len(names) == 1000, f"imagenet_classes.txt has {len(names)} names, expected 1000"
     return names
+
+
+def imagenet21k_class_names() -> list[str]:
+    """Names for the 21,843 outputs of the 'imagenet21k' weights, in order: google/automl's label
+    list ("wordnet-id<TAB>names" per line), which names the first 21,842; the last output has none."""
+    data = resources.files("efficientnet_tf.data").joinpath("imagenet21k_classes.txt.gz").read_bytes()
+    names = [line.split("\t", 1)[-1] for line in gzip.decompress(data).decode("utf8").splitlines() if line]
+    assert len(names) == 21842, f"imagenet21k_classes.txt.gz has {len(names)} names, expected 21842"
+    return names + ["(unnamed class 21842)"]
 
 
 def available_sources() -> str:

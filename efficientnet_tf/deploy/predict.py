@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from efficientnet_tf.data.image_io import SUPPORTED_FORMATS, check_image_bytes
 from efficientnet_tf.data.pipeline import preprocess_eval
-from efficientnet_tf.data.sources import imagenet_class_names
+from efficientnet_tf.data.sources import imagenet21k_class_names, imagenet_class_names
 from efficientnet_tf.data.pixels import warn_if_unit_scaled
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
 
@@ -85,17 +85,24 @@ class Predictor:
     def from_pretrained(cls, model_name: str, weights: str = "imagenet", top_k: int = 5) -> Predictor:
         from efficientnet_tf.models.builder import build_model
         from efficientnet_tf.models.configs import get_config
+        from efficientnet_tf.models.official import IMAGENET21K_CLASSES, family_config, family_for
         from efficientnet_tf.models.weights import load_weights
 
         config = get_config(model_name)
-        model = build_model(config)  # softmax outputs, ImageNet head
+        family = family_for(config, weights)
+        config = family_config(config, family)  # the family's input normalization and resolution
+        num_classes = family.num_classes if family else 1000
+        # ImageNet-21k is multi-label (automl scores it with sigmoids); ImageNet-1k is softmax.
+        model = build_model(config, num_classes=num_classes,
+                            classifier_activation="sigmoid" if num_classes == IMAGENET21K_CLASSES else "softmax")
         random_head = load_weights(model, config, weights)
         if random_head:
             raise ValueError(f"weights {weights!r} hold no ImageNet classifier for {model_name} (a file without the "
                              "top, or for another class count): its predictions would come from a random head. "
                              "Use a file with the top, or predict with a trained run's model_dir")
         resolution = config.resolution
-        return cls.from_model(model, imagenet_class_names(), resolution, top_k, logits=False,
+        names = imagenet21k_class_names() if num_classes == IMAGENET21K_CLASSES else imagenet_class_names()
+        return cls.from_model(model, names, resolution, top_k, logits=False,
                               description=f"{model_name} with {weights} weights")
 
     def __call__(self, paths: Sequence[str]) -> list[list[tuple[str, float]]]:

@@ -8,7 +8,7 @@ _EXPORTS = {
     "ModelConfig": "configs", "custom_config": "configs", "get_config": "configs", "list_models": "configs",
     "FeatureInfo": "builder", "build_efficientnet": "builder", "build_feature_extractor": "builder",
     "build_model": "builder", "round_filters": "builder", "round_repeats": "builder",
-    "load_weights": "weights", "count_macs": "flops", "model_summary": "flops",
+    "load_weights": "weights", "list_weights": "official", "count_macs": "flops", "model_summary": "flops",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

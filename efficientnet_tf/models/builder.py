@@ -338,7 +338,7 @@ def build_efficientnet(
 
 def build_model(
     name: str | ModelConfig,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     input_shape=None,
     include_top: bool = True,
     pooling: str | None = None,
@@ -357,14 +357,18 @@ def build_model(
     Args:
         name: a registered name (`list_models()`), e.g. 'efficientnet-b0', 'efficientnetv2-s',
             'efficientnet-lite0', or a `ModelConfig` (see `custom_config`).
-        num_classes: classifier outputs. With pretrained weights and a count other than
-            1000, everything but the classifier is loaded.
+        num_classes: classifier outputs; None: those of the pretrained weights (21,843 for
+            'imagenet21k'), else 1000. With pretrained weights and another count, everything
+            but the classifier is loaded.
         input_shape: (height, width, 3) with sides >= 32, or (None, None, 3) for any size;
             None: the variant's resolution.
         include_top: end with the classifier; False: the backbone (see `pooling`).
         pooling: without the top: None (4D feature map), 'avg' or 'max'.
         weights: None (random), 'imagenet' (the official keras.applications file, downloaded
-            once and md5-checked) or the path of a Keras/HDF5 weight file.
+            once and md5-checked), an official checkpoint family such as 'advprop',
+            'noisy-student' or 'imagenet21k-ft1k' (`list_weights(name)`; downloaded and converted
+            once, and the model normalizes its inputs as that family was trained), or the path
+            of a Keras/HDF5 weight file.
         dropout_rate: before the classifier; None: the variant's (B0 0.2 ... B7 0.5).
         drop_connect_rate: stochastic depth rate of the last block; None: the variant's (0.2).
         bn_momentum: BatchNormalization momentum; None: the variant's.
@@ -379,6 +383,14 @@ def build_model(
         ValueError: an unknown name, a bad shape or argument (one line naming it).
     """
     config = get_config(name)
+    family = None
+    if weights is not None:
+        from efficientnet_tf.models.official import family_config, family_for
+
+        family = family_for(config, weights)
+        config = family_config(config, family)
+    if num_classes is None:
+        num_classes = family.num_classes if family else 1000
     if embedding_dim is not None:
         if include_top:
             raise ValueError("embedding_dim needs include_top=False (the embedding replaces the classifier)")

@@ -55,9 +55,13 @@ def _has_imagenet_top(model: keras.Model) -> bool:
 def imagenet_weights_file(config: ModelConfig, include_top: bool) -> tuple[str, str, str]:
     """(file name, URL, md5) of the official keras.applications file for `config`."""
     if not config.keras_weights:
+        from efficientnet_tf.models.official import list_weights
+
+        others = list_weights(config)
         raise ValueError(
-            f"no ImageNet weights are published for {config.name!r}; models with "
-            f"weights='imagenet': {', '.join(models_with_imagenet_weights())}"
+            f"no ImageNet weights are published in keras.applications for {config.name!r}"
+            + (f" (its official checkpoints: weights={' or '.join(repr(w) for w in others)})" if others else "")
+            + f"; models with weights='imagenet': {', '.join(models_with_imagenet_weights())}"
         )
     stem = config.keras_weights
     fname = stem + (".h5" if include_top else "_notop.h5")
@@ -231,18 +235,24 @@ def _check_shapes(path, layer, variables, file_name, values):
 
 
 def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> list[str]:
-    """Initialise `model` from 'imagenet' or a weight file: a legacy `.h5` (keras.applications'
-    official files), a Keras 3 `.weights.h5` or a `.keras` model, from keras.applications or
-    from this project, with or without the top. Returns the head layers left randomly
+    """Initialise `model` from 'imagenet', an official checkpoint family (`list_weights`) or a
+    weight file: a legacy `.h5` (keras.applications' official files), a Keras 3 `.weights.h5` or
+    a `.keras` model, from keras.applications or from this project, with or without the top. Returns the head layers left randomly
     initialised (another class count, or a file without the top), each named in a warning."""
-    if weights == "imagenet":
+    from efficientnet_tf.models import official
+
+    family = official.family_for(config, weights)
+    if family is not None:
+        path = official.official_weights_file(config, family)
+    elif weights == "imagenet":
         path = fetch_imagenet_weights(config, include_top=_has_imagenet_top(model))
     else:
         path = os.fspath(weights)
         if not os.path.exists(path):
+            known = ", ".join(repr(w) for w in official.list_weights(config))
             raise FileNotFoundError(
-                f"weights file {path!r} does not exist; pass weights=None, 'imagenet' or the "
-                "path of a .h5 / .weights.h5 / .keras file"
+                f"weights {path!r} is neither a file nor pretrained weights of {config.name} ({known or 'none'}); "
+                "pass weights=None, one of those or the path of a .h5 / .weights.h5 / .keras file"
             )
     if path.endswith((".weights.h5", ".keras")):
         return _assign(model, path, _keras3_layers_in_model_order(model, path))

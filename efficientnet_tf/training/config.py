@@ -19,6 +19,7 @@ from typing import Any
 from efficientnet_tf import settings
 from efficientnet_tf.data.config import SMALL_IMAGE, AugmentConfig, DataConfig
 from efficientnet_tf.models.configs import get_config
+from efficientnet_tf.models.official import family_for
 from efficientnet_tf.settings import SettingError, section, setting
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
@@ -40,7 +41,9 @@ class NetworkConfig:
     name: str = setting("efficientnet-b0", "Model name such as efficientnet-b0, efficientnetv2-s or "
                         "efficientnet-lite0 (list_models() and the summary mode list them all).",
                         flag="model")
-    weights: str | None = setting(None, "Pretrained initialisation: 'imagenet' or a weights file.")
+    weights: str | None = setting(None, "Pretrained initialisation: 'imagenet', an official checkpoint family "
+                                  "(advprop, noisy-student, imagenet21k-ft1k, ...: list_weights(model)) or a "
+                                  "weights file.")
     freeze_backbone: bool = setting(False, "Train only the new head (BN layers in inference mode).")
     finetune_epochs: int = setting(0, "With freeze_backbone: last epochs with everything unfrozen.")
     finetune_lr_scale: float = setting(0.1, "LR factor for the unfrozen fine-tuning epochs.")
@@ -55,6 +58,10 @@ class NetworkConfig:
             get_config(self.name)
         except ValueError as err:
             raise SettingError("model", str(err)) from None
+        try:
+            family_for(get_config(self.name), self.weights)
+        except ValueError as err:
+            raise SettingError("weights", str(err)) from None
         for name in ("dropout_rate", "drop_connect_rate"):
             value = getattr(self, name)
             _check(value is None or 0 <= value < 1, name, f"{name} must be in [0, 1), got {value}")
