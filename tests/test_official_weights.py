@@ -33,7 +33,7 @@ def _manifests(reference):
 
 TPU = _manifests("tpu")
 AUTOML = _manifests("automl")
-LOGITS = {**dict(np.load(os.path.join(DATA, "tpu_logits.npz"))), **dict(np.load(os.path.join(DATA, "automl_logits.npz")))}
+LOGITS = {**np.load(os.path.join(DATA, "tpu_logits.npz")), **np.load(os.path.join(DATA, "automl_logits.npz"))}
 # reference logits key -> the family whose published checkpoints that reference run stands for
 REFERENCE_RUNS = {
     "efficientnet-b0:imagenet_std": "autoaugment",

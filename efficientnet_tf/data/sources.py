@@ -6,10 +6,9 @@ Every source yields (uint8 RGB image of any size, int32 label) pairs plus its me
 
 from __future__ import annotations
 
-import gzip
-
 import concurrent.futures
 import dataclasses
+import gzip
 import hashlib
 import json
 import logging

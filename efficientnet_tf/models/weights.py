@@ -237,8 +237,9 @@ def _check_shapes(path, layer, variables, file_name, values):
 def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> list[str]:
     """Initialise `model` from 'imagenet', an official checkpoint family (`list_weights`) or a
     weight file: a legacy `.h5` (keras.applications' official files), a Keras 3 `.weights.h5` or
-    a `.keras` model, from keras.applications or from this project, with or without the top. Returns the head layers left randomly
-    initialised (another class count, or a file without the top), each named in a warning."""
+    a `.keras` model, from keras.applications or from this project, with or without the top.
+    Returns the head layers left randomly initialised (another class count, or a file without
+    the top), each named in a warning."""
     from efficientnet_tf.models import official
 
     family = official.family_for(config, weights)
