@@ -118,7 +118,7 @@ def test_every_published_variant_maps_onto_the_reference_variable_names(variant,
     model = official_model(variant, family)
     names = official.reference_names(model, variant)
     expected = {n: tuple(s) for n, s in manifest.items() if not n.endswith(EMA_SUFFIX) and n != "global_step"}
-    ours = {name: tuple(variable.shape) for variable, name in names.values()}
+    ours = {name: tuple(variable.shape) for variable, name in names}
     assert sorted(ours) == sorted(expected)
     assert ours == expected
     if reference == "tensorflow/tpu":  # main.py keeps an EMA shadow of every weight and BN statistic
@@ -188,14 +188,7 @@ def _convert(manifest, tmp_path, variant="efficientnet-b0", family="autoaugment"
     prefix = str(tmp_path / "model.ckpt")
     write_checkpoint(prefix, manifest)
     family = official.FAMILIES[family]
-    model = official_model(variant, family)
-    before = [w.numpy().copy() for w in model.weights]
-    try:
-        official.convert_checkpoint(model, prefix, family, scope=variant)
-    finally:
-        after = [w.numpy() for w in model.weights]
-        unchanged = all(np.array_equal(a, b) for a, b in zip(before, after))
-    return unchanged
+    official.convert_checkpoint(official_model(variant, family), prefix, family, scope=variant)
 
 
 def test_a_checkpoint_variable_without_a_place_is_an_error_naming_it(tmp_path):
@@ -235,7 +228,7 @@ def test_the_raw_weights_are_read_where_a_checkpoint_has_no_ema(tmp_path):
     family = official.FAMILIES["lite"]
     model = official_model("efficientnet-lite0", family)
     official.convert_checkpoint(model, prefix, family, scope="efficientnet-lite0")
-    for variable, name in official.reference_names(model, "efficientnet-lite0").values():
+    for variable, name in official.reference_names(model, "efficientnet-lite0"):
         np.testing.assert_array_equal(variable.numpy(), seeded_value(name, raw[name]))
 
 

@@ -25,8 +25,7 @@ from efficientnet_tf.deploy.config import INTEGER_IO, TFLITE_QUANTIZATIONS, Expo
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
 from efficientnet_tf.files import atomic_write, replace_directory
 from efficientnet_tf.models.builder import build_model, functional_model
-from efficientnet_tf.models.configs import get_config
-from efficientnet_tf.models.official import family_config, family_for
+from efficientnet_tf.models.official import resolve_weights
 from efficientnet_tf.models.scopes import dtype_policy
 from efficientnet_tf.settings import SettingError
 from efficientnet_tf.training.checkpoints import restore_newest_readable
@@ -46,8 +45,7 @@ def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Mode
         # The run's dropout and drop-connect rates: at 0 the model has no such layers, and the
         # checkpoint's layer numbering follows the layers that exist.
         # A run started from an official family keeps that family's input normalization.
-        network = family_config(get_config(config.model.name), family_for(get_config(config.model.name),
-                                                                           config.model.weights))
+        network, _ = resolve_weights(config.model.name, config.model.weights)
         model = build_model(network, num_classes=int(info["num_classes"]), input_shape=(size, size, 3),
                             weights=None, classifier_activation=None, dropout_rate=config.model.dropout_rate,
                             drop_connect_rate=config.model.drop_connect_rate)

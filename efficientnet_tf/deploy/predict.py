@@ -84,14 +84,11 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, model_name: str, weights: str = "imagenet", top_k: int = 5) -> Predictor:
         from efficientnet_tf.models.builder import build_model
-        from efficientnet_tf.models.configs import get_config
-        from efficientnet_tf.models.official import IMAGENET21K_CLASSES, family_config, family_for
+        from efficientnet_tf.models.official import IMAGENET21K_CLASSES, default_num_classes, resolve_weights
         from efficientnet_tf.models.weights import load_weights
 
-        config = get_config(model_name)
-        family = family_for(config, weights)
-        config = family_config(config, family)  # the family's input normalization and resolution
-        num_classes = family.num_classes if family else 1000
+        config, family = resolve_weights(model_name, weights)  # the family's normalization and resolution
+        num_classes = default_num_classes(family)
         # ImageNet-21k is multi-label (automl scores it with sigmoids); ImageNet-1k is softmax.
         model = build_model(config, num_classes=num_classes,
                             classifier_activation="sigmoid" if num_classes == IMAGENET21K_CLASSES else "softmax")

@@ -15,7 +15,7 @@ from keras import layers
 
 from efficientnet_tf.models import configs
 from efficientnet_tf.models.block_args import BlockSpec
-from efficientnet_tf.models.configs import ModelConfig, get_config
+from efficientnet_tf.models.configs import ModelConfig
 from efficientnet_tf.models.layers import (
     DENSE_KERNEL_INITIALIZER,
     IMAGENET_MEAN_RGB,
@@ -382,15 +382,11 @@ def build_model(
     Raises:
         ValueError: an unknown name, a bad shape or argument (one line naming it).
     """
-    config = get_config(name)
-    family = None
-    if weights is not None:
-        from efficientnet_tf.models.official import family_config, family_for
+    from efficientnet_tf.models.official import default_num_classes, resolve_weights
 
-        family = family_for(config, weights)
-        config = family_config(config, family)
+    config, family = resolve_weights(name, weights)
     if num_classes is None:
-        num_classes = family.num_classes if family else 1000
+        num_classes = default_num_classes(family)
     if embedding_dim is not None:
         if include_top:
             raise ValueError("embedding_dim needs include_top=False (the embedding replaces the classifier)")

@@ -127,6 +127,19 @@ def family_for(config: ModelConfig, weights: str) -> WeightFamily | None:
     return family
 
 
+def resolve_weights(name: str | ModelConfig, weights) -> tuple[ModelConfig, WeightFamily | None]:
+    """(the config to build, the family) for pretrained `weights` of `name`: the family's input
+    normalization and resolution applied; (the config, None) for None, 'imagenet' and files."""
+    config = configs.get_config(name)
+    family = family_for(config, weights)
+    return family_config(config, family), family
+
+
+def default_num_classes(family: WeightFamily | None) -> int:
+    """The head a model built for `family` gets unless told otherwise (ImageNet-1k without one)."""
+    return family.num_classes if family else IMAGENET_CLASSES
+
+
 def family_config(config: ModelConfig, family: WeightFamily | None) -> ModelConfig:
     """`config` with the input normalization and resolution the family was trained with.
 
@@ -156,8 +169,8 @@ def _block_scopes(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
     return blocks
 
 
-def reference_names(model: keras.Model, scope: str) -> dict[int, tuple[keras.Variable, str]]:
-    """{id(variable): (variable, checkpoint name)} for every weight the checkpoint holds.
+def reference_names(model: keras.Model, scope: str) -> list[tuple[keras.Variable, str]]:
+    """[(variable, checkpoint name)] for every weight the checkpoint holds.
 
     Inside a block the reference numbers its layers per kind in creation order: the 1x1 expansion
     (or V2's fused kxk expansion) is `conv2d` and the projection `conv2d_1` (just `conv2d` without
@@ -178,7 +191,7 @@ def reference_names(model: keras.Model, scope: str) -> dict[int, tuple[keras.Var
             if suffix not in kinds:
                 raise ValueError(f"layer {layer.name!r} has no counterpart in the reference checkpoints")
             layer_scopes[layer.name] = f"{scope}/blocks_{index}/{kinds[suffix]}"
-    names = {}
+    names = []
     for layer in model.layers:
         if not layer.weights or layer.name == "normalization":
             continue
@@ -186,7 +199,7 @@ def reference_names(model: keras.Model, scope: str) -> dict[int, tuple[keras.Var
             raise ValueError(f"layer {layer.name!r} has no counterpart in the reference checkpoints")
         for variable in layer.weights:
             leaf = "depthwise_kernel" if isinstance(layer, keras.layers.DepthwiseConv2D) else variable.name
-            names[id(variable)] = (variable, f"{layer_scopes[layer.name]}/{leaf}")
+            names.append((variable, f"{layer_scopes[layer.name]}/{leaf}"))
     return names
 
 
@@ -221,7 +234,7 @@ def convert_checkpoint(model: keras.Model, checkpoint: str, family: WeightFamily
         raise ValueError(f"checkpoint {checkpoint} has no variables under {scope!r} (it has {', '.join(scopes)}): "
                          "is it for another variant?")
     assignments, used = [], set()
-    for variable, name in reference_names(model, scope).values():
+    for variable, name in reference_names(model, scope):
         source = name + EMA_SUFFIX if name + EMA_SUFFIX in shapes else name
         if source not in shapes:
             raise ValueError(f"checkpoint {checkpoint} has no variable {name!r} for weight {variable.path!r}")
@@ -251,8 +264,9 @@ def convert_checkpoint(model: keras.Model, checkpoint: str, family: WeightFamily
 # Download, unpack, convert once.
 
 def _cache_dir() -> str:
-    keras_home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
-    return os.path.join(keras_home, "models", "efficientnet_tf")
+    from efficientnet_tf.models.weights import keras_models_dir
+
+    return keras_models_dir("efficientnet_tf")
 
 
 def _archive_name(url: str) -> str:
@@ -277,17 +291,10 @@ def _find_checkpoint(directory: str) -> str:
 
 
 def _download(family: WeightFamily, variant: str) -> str:
+    from efficientnet_tf.models.weights import download
+
     url = family.url(variant)
-    fname = _archive_name(url)
-    try:
-        return keras.utils.get_file(fname, url, cache_dir=os.path.dirname(os.path.dirname(_cache_dir())),
-                                    cache_subdir=os.path.join("models", "efficientnet_tf"))
-    except Exception as err:  # offline, proxy, truncated download...
-        raise OSError(
-            f"could not get the {family.name!r} checkpoint of {variant}: {fname} from {url} "
-            f"({type(err).__name__}: {err}). Without internet, download that file elsewhere and put it at "
-            f"{os.path.join(_cache_dir(), fname)}"
-        ) from err
+    return download(_archive_name(url), url, f"the {family.name!r} checkpoint of {variant}", subdir="efficientnet_tf")
 
 
 def official_weights_file(config: ModelConfig, family: WeightFamily) -> str:

@@ -69,20 +69,32 @@ def imagenet_weights_file(config: ModelConfig, include_top: bool) -> tuple[str, 
     return fname, base + fname, FILE_HASHES[stem][0 if include_top else 1]
 
 
+def keras_models_dir(subdir: str = "") -> str:
+    """Where Keras caches downloads (`$KERAS_HOME/models`, default ~/.keras/models), plus `subdir`."""
+    keras_home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
+    return os.path.join(keras_home, "models", subdir) if subdir else os.path.join(keras_home, "models")
+
+
+def download(fname: str, url: str, what: str, subdir: str = "", md5: str | None = None, offline_hint: str = "") -> str:
+    """`url` downloaded once into `keras_models_dir(subdir)/fname` (md5-checked when given); offline
+    or on any failure, one OSError naming `what`, the file, its URL and where to put it."""
+    directory = keras_models_dir(subdir)
+    try:
+        return keras.utils.get_file(fname, url, cache_dir=os.path.dirname(keras_models_dir()),
+                                    cache_subdir=os.path.relpath(directory, os.path.dirname(keras_models_dir())),
+                                    file_hash=md5)
+    except Exception as err:  # offline, proxy, truncated download...
+        raise OSError(
+            f"could not get {what}: {fname} from {url} ({type(err).__name__}: {err}). Without internet, "
+            f"download that file elsewhere and put it at {os.path.join(directory, fname)}{offline_hint}"
+        ) from err
+
+
 def fetch_imagenet_weights(config: ModelConfig, include_top: bool) -> str:
     """Download (once; cached in ~/.keras/models) and return the local path."""
     fname, url, md5 = imagenet_weights_file(config, include_top)
-    keras_home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
-    cache_dir = os.path.join(keras_home, "models")
-    try:
-        return keras.utils.get_file(fname, url, cache_dir=keras_home, cache_subdir="models", file_hash=md5)
-    except Exception as err:  # offline, proxy, truncated download...
-        raise OSError(
-            f"could not get the ImageNet weights for {config.name}: {fname} from {url} "
-            f"({type(err).__name__}: {err}). Without internet, download that file elsewhere "
-            f"and either put it at {os.path.join(cache_dir, fname)} or pass "
-            f"weights='/path/to/{fname}'."
-        ) from err
+    return download(fname, url, f"the ImageNet weights for {config.name}", md5=md5,
+                    offline_hint=f" or pass weights='/path/to/{fname}'.")
 
 
 def _weighted_layers(model: keras.Model):
