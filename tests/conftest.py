@@ -3,10 +3,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # The folder file-check cache goes to a throwaway directory, never the user's ~/.cache.
+_THROWAWAY_CACHE = None
 if "EFFICIENTNET_TF_CACHE" not in os.environ:
     import tempfile
 
-    os.environ["EFFICIENTNET_TF_CACHE"] = tempfile.mkdtemp(prefix="efficientnet_tf_cache_")
+    _THROWAWAY_CACHE = tempfile.mkdtemp(prefix="efficientnet_tf_cache_")
+    os.environ["EFFICIENTNET_TF_CACHE"] = _THROWAWAY_CACHE
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -20,6 +22,14 @@ tf.config.set_logical_device_configuration(
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (every variant, real training runs)")
+
+
+def pytest_unconfigure(config):
+    # Each pytest process (and xdist worker) made its own; leave nothing behind in /tmp.
+    if _THROWAWAY_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_THROWAWAY_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
