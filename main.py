@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -53,21 +54,31 @@ def import_tensorflow_quietly(level: int | None) -> None:
     if level == 0:
         import tensorflow  # noqa: F401
         return
+    with filtered_stderr(lambda line: not _below_level(line, level)):
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def filtered_stderr(keep):
+    """Capture the process's stderr (file descriptor 2: C++ writes there too) and give back
+    only the lines `keep(line)` accepts, when the block ends."""
     sys.stderr.flush()
     saved_fd = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
             captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                    if not _below_level(line, level)]
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True) if keep(line)]
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
+
+
+CONVERTER_CHATTER = ("fully_quantize: ", "INFO: Created TensorFlow Lite XNNPACK delegate")
 
 
 def _below_level(line: str, level: int) -> bool:
@@ -263,17 +274,31 @@ def run_plot() -> None:
         print(path)
 
 
-def run_export() -> None:
+def run_export() -> int:
     from efficientnet_tf.deploy.export import export_run, format_report
 
     settings = export_config()
     settings.validate()
-    report = export_run(existing_run_config().model_dir, config=settings)
+    # The TFLite quantizer prints its settings once per conversion (an int8_selective search
+    # converts a dozen times) and LiteRT announces its CPU delegate: not for the user.
+    with filtered_stderr(lambda line: not line.startswith(CONVERTER_CHATTER)):
+        report = export_run(existing_run_config().model_dir, config=settings)
     print(f"SavedModel: {os.path.join(report['export_dir'], 'saved_model')} "
           f"({report['saved_model_bytes'] / 1e6:.1f} MB, {'EMA' if report['ema'] else 'raw'} weights of {report['checkpoint']})")
-    if settings.tflite:
-        print(format_report(report["tflite"]))
+    compared = dict(report.get("tflite", {}), **({"onnx": report["onnx"]} if "onnx" in report else {}))
+    if compared:
+        print(format_report(compared))
+    selective = report.get("int8_selective")
+    if selective:
+        print(f"int8_selective: {selective['float_ops']} of {selective['float_ops'] + selective['quantized_ops']} ops "
+              f"kept in float, search agreement {selective['search_agreement']:.4f} (target "
+              f"{selective['target_agreement']}{'' if selective['target_met'] else ', NOT met: ' + selective['reason']})")
     print(f"report: {os.path.join(report['export_dir'], 'export_report.json')}")
+    if report.get("failed"):
+        failures = "; ".join(f"{name} ({reason})" for name, reason in report["failed"].items())
+        print(f"error: not exported: {failures}; everything else was written", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_predict(extra_images) -> None:
@@ -383,7 +408,7 @@ def main(argv) -> int:
         elif FLAGS.mode == "plot":
             run_plot()
         elif FLAGS.mode == "export":
-            run_export()
+            return run_export()
         elif FLAGS.mode == "predict":
             run_predict(extra)
         else:

@@ -226,6 +226,50 @@ def plot_confusion_matrix(matrix, class_names: Sequence[str] | None = None, path
     return _save(figure, path)
 
 
+def plot_layer_errors(errors: Sequence[Mapping], kept_float: Sequence[str] = (), path: str | None = None,
+                      title: str = "int8: each op's own quantization error, in network order") -> Figure:
+    """Bars of `rmse_over_scale` per quantized op (the export report's `int8_layer_errors`),
+    coloured by op type, x ticks at the first op of each block; ops whose output tensor is in
+    `kept_float` (int8_selective's choice) are outlined and starred."""
+    if not errors:
+        raise ValueError("no quantized ops to plot")
+    values = np.array([e["rmse_over_scale"] for e in errors], np.float64)
+    ops = [e["op"] for e in errors]
+    kinds = sorted(set(ops), key=lambda op: -max(v for o, v in zip(ops, values) if o == op))
+    colours = {op: f"C{i % 10}" for i, op in enumerate(kinds)}
+    figure = _new_figure(min(6 + 0.045 * len(errors), 22), 5)
+    axes = figure.add_subplot(1, 1, 1)
+    positions = np.arange(len(errors))
+    for op in kinds:
+        chosen = [i for i, o in enumerate(ops) if o == op]
+        axes.bar(positions[chosen], values[chosen], width=0.9, color=colours[op], label=op)
+    kept = [i for i, e in enumerate(errors) if e["tensor"] in set(kept_float)]
+    top = float(values.max()) * 1.2 if values.max() > 0 else 1.0
+    if kept:
+        axes.scatter(positions[kept], values[kept] + 0.04 * top, marker="v", s=14, color="black", zorder=3,
+                     label=f"kept in float by int8_selective ({len(kept)})")
+    axes.axhline(1 / np.sqrt(12), color="gray", linestyle="--", linewidth=1, label="rounding only (1/sqrt(12))")
+    axes.set_ylim(0, top)
+    axes.set_ylabel("RMSE / quantization step")
+    # One tick per block (block2a, ...), at the block's first op: the network order a reader follows.
+    ticks, names, previous = [], [], None
+    for i, error in enumerate(errors):
+        block = error["layer"].split("_")[0]
+        if block != previous:
+            ticks.append(i)
+            names.append(block)
+            previous = block
+    axes.set_xticks(ticks)
+    axes.set_xticklabels(names, rotation=90, fontsize=7)
+    axes.set_xlim(-1, len(errors))
+    axes.set_xlabel("op (network order; ticks at the first op of each block)")
+    axes.set_title(f"{title} ({len(errors)} ops)")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=7, borderaxespad=0)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def plot_image_grid(images, labels=None, class_names: Sequence[str] | None = None, path: str | None = None,
                     columns: int = 8, title: str = "Augmented training images (as fed to the model)") -> Figure:
     """A grid of images (0..255 floats, as the pipeline emits) titled by label. One-hot or mixed

@@ -68,11 +68,16 @@ def test_log_level_resolution():
     (["--mode=export", "--int8_io=uint16"], "--int8_io=uint16: unknown int8_io 'uint16'; choose from uint8, int8"),
     (["--progressive=5", "--epochs=3"], "--progressive=5: progressive (5 stages) cannot exceed epochs (3)"),
     (["--mode=export", "--tflite=float32,int4"],
-     "--tflite=float32,int4: unknown tflite 'int4'; choose from float32, float16, dynamic, int8, int16x8"),
+     "--tflite=float32,int4: unknown tflite 'int4'; choose from float32, float16, dynamic, int8, int16x8, "
+     "int8_selective"),
     (["--mode=export", "--tflite=none,int8"],
      "--tflite=none,int8: 'none' (the SavedModel only) cannot be combined with TFLite formats"),
     (["--mode=export", "--check_images=-1"],
-     "--check_images=-1: check_images must be >= 0 (0: the whole eval split), got -1"),
+     "--check_images=-1: check_images must be >= 0 (0: every image), got -1"),
+    (["--mode=export", "--int8_target_agreement=1.5"],
+     "--int8_target_agreement=1.5: int8_target_agreement is a share of images, in (0, 1]; got 1.5"),
+    (["--mode=export", "--int8_target_agreement=0"],
+     "--int8_target_agreement=0.0: int8_target_agreement is a share of images, in (0, 1]; got 0.0"),
 ])
 def test_bad_new_flags_fail_with_one_line(args, message, tmp_path):
     result = subprocess.run([sys.executable, "main.py", f"--model_dir={tmp_path}", *args], capture_output=True,

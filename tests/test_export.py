@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,10 @@ def test_training_run_writes_plots_and_confusion_matrix(tiny_run):
 def exported(tiny_run, tmp_path_factory):
     model_dir, _ = tiny_run
     export_dir = str(tmp_path_factory.mktemp("export") / "out")
-    report = export.export_run(model_dir, export_dir=export_dir, tflite=["float32", "int8"], calibration_images=32, check_images=64)
+    # Target 1.0: the barely trained model's int8 cannot reach it untouched, so the search keeps ops in float.
+    report = export.export_run(model_dir, export_dir=export_dir, tflite=["float32", "int8", "int8_selective"],
+                               onnx=True, int8_target_agreement=1.0, calibration_images=32, check_images=64,
+                               search_images=96)
     return model_dir, export_dir, report
 
 
@@ -81,7 +85,7 @@ def test_tflite_files_run_and_report_agreement(exported):
     model_dir, export_dir, report = exported
     with open(os.path.join(export_dir, "export_report.json")) as f:
         on_disk = json.load(f)
-    assert set(on_disk["tflite"]) == {"float32", "int8", "keras_float32"}
+    assert set(on_disk["tflite"]) == {"float32", "int8", "int8_selective", "keras_float32"}
     float32, int8 = on_disk["tflite"]["float32"], on_disk["tflite"]["int8"]
     assert float32["agreement"] >= 0.99 and float32["io"] == "float32 in / float32 out"
     assert int8["io"] == "uint8 in / uint8 out" and int8["images"] == 64
@@ -121,8 +125,12 @@ def test_bad_export_requests(tmp_path, tiny_run):
         (empty / "run.json").write_text(f.read())
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         export.export_run(str(empty))
-    with pytest.raises(ValueError, match="unknown tflite 'int4'; choose from float32, float16, dynamic, int8, int16x8"):
+    with pytest.raises(ValueError, match="unknown tflite 'int4'; choose from float32, float16, dynamic, int8, "
+                       "int16x8, int8_selective"):
         export.export_run(tiny_run[0], tflite=["int4"])
+    for target in (0, -0.5, 1.01):
+        with pytest.raises(ValueError, match=rf"int8_target_agreement is a share of images, in \(0, 1\]; got {target}"):
+            export.export_run(tiny_run[0], tflite=["int8_selective"], int8_target_agreement=target)
 
 
 @pytest.mark.slow
@@ -185,3 +193,121 @@ def test_a_run_without_dropout_or_stochastic_depth_loads_for_export(tmp_path):
     model, info = load_trained_model(str(tmp_path / "run"), use_ema=False)
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(model(images, training=False), trainer.model(images, training=False), atol=1e-5)
+
+
+def _tensor_types(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return {t["name"]: np.dtype(t["dtype"]).name for t in Interpreter(model_path=path).get_tensor_details()}
+
+
+def test_int8_layer_errors_are_per_op_in_network_order(exported):
+    model_dir, export_dir, report = exported
+    errors = report["int8_layer_errors"]
+    model, _ = export.load_trained_model(model_dir)
+    order = {layer.name: i for i, layer in enumerate(model.layers)}
+    layers = [e["layer"] for e in errors if e["layer"] != "probabilities"]
+    assert set(layers) <= set(order), set(layers) - set(order)
+    positions = [order[name] for name in layers]
+    assert positions == sorted(positions)  # network order
+    blocks = {name.split("_")[0] for name in order if re.match(r"block\d+[a-z]_", name)}
+    assert len(blocks) == 16 and blocks | {"stem", "top", "predictions"} <= {name.split("_")[0] for name in layers}
+    assert [e["index"] for e in errors] == list(range(len(errors)))
+    # Each op's own error, not an accumulation: uniform rounding of a value to a step gives an
+    # RMSE of step/sqrt(12), and most ops sit there.
+    ratios = np.array([e["rmse_over_scale"] for e in errors if e["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D")])
+    assert 0.8 / np.sqrt(12) < np.median(ratios) < 1.5 / np.sqrt(12), np.median(ratios)
+    for e in errors:
+        assert e["rmse_over_scale"] == pytest.approx(e["rmse"] / e["scale"])
+    with open(os.path.join(export_dir, export.LAYER_ERRORS_PNG), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_selective_int8_keeps_the_worst_ops_in_float(exported):
+    _, export_dir, report = exported
+    selective = report["int8_selective"]
+    candidates = sorted((e for e in report["int8_layer_errors"] if e["op"] not in ("QUANTIZE", "DEQUANTIZE")),
+                        key=lambda e: -e["rmse_over_scale"])
+    kept = [e["tensor"] for e in selective["kept_float"]]
+    assert selective["float_ops"] == len(kept) >= 1
+    assert kept == [e["tensor"] for e in candidates[:len(kept)]]
+    assert selective["float_ops"] + selective["quantized_ops"] == len(candidates)
+    steps = {s["float_ops"]: s["agreement"] for s in selective["steps"]}
+    assert steps[selective["float_ops"]] == selective["search_agreement"]
+    target = selective["target_agreement"]
+    if selective["target_met"]:
+        assert selective["search_agreement"] >= target
+        assert all(a < target for count, a in steps.items() if count < selective["float_ops"])
+    else:
+        assert "reason" in selective and max(steps.values()) == selective["search_agreement"]
+    # In the file: the kept ops compute in float, the same ops of full int8 in integers.
+    selective_types = _tensor_types(os.path.join(export_dir, "model_int8_selective.tflite"))
+    int8_types = _tensor_types(os.path.join(export_dir, "model_int8.tflite"))
+    shared = [t for t in kept if t in selective_types and t in int8_types]
+    assert shared, "kept tensors not found by name in the TFLite files"
+    assert {selective_types[t] for t in shared} == {"float32"}
+    assert {int8_types[t] for t in shared} <= {"int8", "uint8", "int32"}
+    assert report["tflite"]["int8_selective"]["size_bytes"] > report["tflite"]["int8"]["size_bytes"]
+
+
+def test_onnx_export_matches_keras(exported):
+    import onnx
+    import onnxruntime
+
+    model_dir, export_dir, report = exported
+    path = os.path.join(export_dir, "model.onnx")
+    entry = report["onnx"]
+    assert entry["size_bytes"] == os.path.getsize(path) and entry["opset"] == 18
+    assert entry["max_abs_prob_diff"] <= 1e-4 and entry["eval_agreement"] == 1.0 and entry["agreement"] == 1.0
+    assert {o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx")} == {18}
+    model, _ = export.load_trained_model(model_dir)
+    images, _ = export.pipeline_images(model_dir, 16, training=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"images": images})
+    np.testing.assert_allclose(out, tf.nn.softmax(model(images)).numpy(), atol=1e-4)
+
+
+def test_agreement_counts_every_image_and_top1_only_the_eval_split(tiny_run):
+    from sklearn.datasets import load_digits
+
+    from efficientnet_tf.training.rundir import load_run
+
+    model_dir, _ = tiny_run
+    config, _ = load_run(model_dir)
+    check = export.check_images_of(config.load_source("skip"), 32, 0, count=0)
+    assert len(check.images) == len(load_digits().images) == 1797
+    eval_images, eval_labels = export.pipeline_images(model_dir, 10**9, training=False)
+    assert check.num_eval == len(eval_images) == 360
+    np.testing.assert_array_equal(check.images[:360], eval_images)
+    np.testing.assert_array_equal(check.eval_labels, eval_labels)
+    assert export.check_images_of(config.load_source("skip"), 32, 0, count=400).images.shape == (400, 32, 32, 3)
+
+
+def test_a_failed_format_is_reported_and_the_others_are_written(run_copy, tmp_path, monkeypatch):
+    destination = tmp_path / "export"
+    destination.mkdir()
+    (destination / "old.txt").write_text("previous export")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("converter crashed\nsecond line")
+
+    monkeypatch.setattr(export, "convert_onnx", crash)
+    report = export.export_run(run_copy, export_dir=str(destination), tflite=["float32"], onnx=True, check_images=16)
+    assert report["failed"] == {"onnx": "RuntimeError: converter crashed"} and "onnx" not in report
+    assert sorted(os.listdir(destination)) == ["export_report.json", "model_float32.tflite", "saved_model"]
+    with open(destination / "export_report.json") as f:
+        assert json.load(f)["failed"] == report["failed"]
+
+
+def test_onnx_without_its_extra_says_how_to_install(monkeypatch, tiny_run, tmp_path):
+    import importlib.util
+
+    from efficientnet_tf.deploy.config import ExportConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a))
+    with pytest.raises(ValueError, match=r"ONNX export needs tf2onnx: pip install 'efficientnet_tf\[onnx\]'"):
+        ExportConfig(onnx=True).validate()
+    with pytest.raises(ValueError, match="ONNX export needs tf2onnx"):
+        export.export_run(tiny_run[0], export_dir=str(tmp_path / "out"), onnx=True)
+    assert not os.path.exists(tmp_path / "out")

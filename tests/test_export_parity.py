@@ -55,7 +55,8 @@ def test_progressive_v1_run_exports_the_model_it_evaluated(tmp_path):
     assert report["image_size"] == 52
     assert float(np.mean(predicted == labels)) == evaluated["top1"]
     assert report["tflite"]["float32"]["top1"] == evaluated["top1"]
-    assert report["tflite"]["float32"]["images"] == evaluated["images"]
+    assert report["tflite"]["float32"]["eval_images"] == evaluated["images"]
+    assert report["tflite"]["float32"]["images"] == 1797  # agreement: every digits image
 
 
 @pytest.mark.slow

@@ -106,3 +106,4 @@ def test_export_and_quantize_runs(tmp_path):
                                                              CHECK_IMAGES=32, MODEL_DIR=str(tmp_path / "run")), tmp_path)
     text = _text(notebook)
     assert "uint8 in / uint8 out" in text and "TFLite int8" in text and "SavedModel" in text
+    assert "int8_layer_errors.png" in text and "image/png" in str(notebook)  # the per-op error plot, shown

@@ -1,12 +1,15 @@
-"""Deployment: a trained run -> SavedModel (pixels or image bytes in) and TFLite; predictions."""
+"""Deployment: a trained run -> SavedModel (pixels or image bytes in), TFLite (selective int8
+included) and ONNX; predictions."""
 
 from efficientnet_tf._lazy import lazy_exports
 
 _EXPORTS = {
-    "ExportConfig": "config", "TFLITE_QUANTIZATIONS": "config",
+    "ExportConfig": "config", "TFLITE_QUANTIZATIONS": "config", "TFLITE_FORMATS": "config",
     "ServingModule": "serving",
     "export_run": "export", "export_saved_model": "export", "export_tflite": "export", "convert_tflite": "export",
-    "load_trained_model": "export", "agreement_report": "export", "TFLiteRunner": "export",
+    "load_trained_model": "export", "agreement_report": "export", "TFLiteRunner": "export", "OnnxRunner": "export",
+    "convert_onnx": "export",
+    "Int8Calibration": "quantization", "selective_int8": "quantization",
     "Predictor": "predict", "format_predictions": "predict", "imagenet_class_names": "predict",
 }
 __all__ = sorted(_EXPORTS)

@@ -6,8 +6,11 @@ import dataclasses
 
 from efficientnet_tf.settings import SettingError, check_choices, setting
 
-TFLITE_QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
+TFLITE_QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")  # one converter run each
+# int8_selective: int8 with the ops whose quantization hurts most kept in float (searched for).
+TFLITE_FORMATS = TFLITE_QUANTIZATIONS + ("int8_selective",)
 INTEGER_IO = ("uint8", "int8")
+ONNX_OPSET = 18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,10 +19,17 @@ class ExportConfig:
 
     export_dir: str | None = setting(None, "export: destination (default MODEL_DIR/export); replaced atomically.")
     tflite: tuple[str, ...] = setting(TFLITE_QUANTIZATIONS, "export: TFLite formats to write; empty (on the "
-                                      "command line: none) for the SavedModel only.", choices=TFLITE_QUANTIZATIONS)
-    check_images: int = setting(2000, "export: eval images on which each TFLite model is compared with the float "
-                                "model (0: the whole eval split).")
+                                      "command line: none) for the SavedModel only. int8_selective (not in the "
+                                      "default: it searches) keeps the ops int8 hurts most in float.",
+                                      choices=TFLITE_FORMATS)
+    check_images: int = setting(2000, "export: images on which each exported model is compared with the float "
+                                "model: the eval split first, then training images (0: every image).")
     int8_io: str = setting("uint8", "export: input/output type of the full-integer TFLite model.", choices=INTEGER_IO)
+    int8_target_agreement: float = setting(
+        0.995, "export: int8_selective keeps ops in float until its top-1 agreement with the float model, on "
+        "training images (not the eval split), reaches this share; in (0, 1].")
+    onnx: bool = setting(False, "export: also write model.onnx (float32, needs the onnx extra) and check it with "
+                         "onnxruntime.")
     calibration_dataset: str | None = setting(
         None, "export: dataset whose images calibrate int8/int16x8 and check each TFLite model's agreement "
         "(default: the run's own; any dataset of similar images works where that one is not available).")
@@ -30,5 +40,18 @@ class ExportConfig:
     def validate(self) -> None:
         check_choices(self)
         if self.check_images < 0:
-            raise SettingError("check_images", f"check_images must be >= 0 (0: the whole eval split), "
-                               f"got {self.check_images}")
+            raise SettingError("check_images", f"check_images must be >= 0 (0: every image), got {self.check_images}")
+        if not 0 < self.int8_target_agreement <= 1:
+            raise SettingError("int8_target_agreement", "int8_target_agreement is a share of images, in (0, 1]; "
+                               f"got {self.int8_target_agreement}")
+        if self.onnx:
+            require_onnx()
+
+
+def require_onnx() -> None:
+    """A clear line, not an ImportError deep inside the export, when the onnx extra is missing."""
+    import importlib.util
+
+    missing = [name for name in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SettingError("onnx", f"ONNX export needs {', '.join(missing)}: pip install 'efficientnet_tf[onnx]'")

@@ -1,5 +1,5 @@
-"""Export a trained run: SavedModel with serving signatures, TFLite (float and quantized), and
-the agreement of each quantized model with the float one.
+"""Export a trained run: SavedModel with serving signatures, TFLite (float and quantized), ONNX,
+and the agreement of each with the float model.
 
 The SavedModel takes float images 0..255 at the model's size (`serving_default`) or encoded
 JPEG/PNG bytes (`serving_bytes`, decoded, cropped and resized in the graph exactly as the eval
@@ -10,18 +10,19 @@ half-written directory where a good one was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.data.pipeline import PipelineConfig, make_dataset
-from efficientnet_tf.deploy.config import INTEGER_IO, TFLITE_QUANTIZATIONS, ExportConfig
+from efficientnet_tf.deploy.config import INTEGER_IO, ONNX_OPSET, TFLITE_QUANTIZATIONS, ExportConfig, require_onnx
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
 from efficientnet_tf.files import atomic_write, replace_directory
 from efficientnet_tf.models.builder import build_model, functional_model
@@ -32,7 +33,9 @@ from efficientnet_tf.training.checkpoints import restore_newest_readable
 from efficientnet_tf.training.ema import WeightAverage
 from efficientnet_tf.training.rundir import RunDir, load_run
 
-NEEDS_REPRESENTATIVE_DATA = ("int8", "int16x8")
+NEEDS_REPRESENTATIVE_DATA = ("int8", "int16x8", "int8_selective")
+SEARCH_IMAGES = 2000  # training images int8_selective's search measures agreement on
+LAYER_ERRORS_PNG = "int8_layer_errors.png"
 
 
 def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Model, dict]:
@@ -85,45 +88,62 @@ def probability_model(model: keras.Model) -> keras.Model:
     return functional_model(model.input, outputs, f"{model.name}_probabilities", max_layers=len(model.layers) + 1)
 
 
-def convert_tflite(model: keras.Model, quantization: str, representative_images: Iterable | None = None,
-                   integer_io: str = "uint8") -> bytes:
-    """One TFLite flatbuffer: via `model.export()` and `TFLiteConverter.from_saved_model`.
-
-    int8: full-integer ops with `integer_io` (uint8|int8) input and output; int16x8: 16-bit
-    activations, 8-bit weights, float I/O. Both calibrate on `representative_images`
-    (float 0..255, one image or a batch per item).
-    """
+def _check_format(quantization: str, integer_io: str) -> None:
     if quantization not in TFLITE_QUANTIZATIONS:
         raise SettingError("tflite", f"unknown TFLite quantization {quantization!r}; choose from "
                            f"{', '.join(TFLITE_QUANTIZATIONS)}")
     if integer_io not in INTEGER_IO:
         raise SettingError("int8_io", f"integer_io must be one of {', '.join(INTEGER_IO)}, got {integer_io!r}")
+
+
+def export_float_saved_model(model: keras.Model, path: str) -> str:
+    """The probability model as a plain SavedModel: what the TFLite and ONNX converters read."""
+    probability_model(model).export(path, format="tf_saved_model", verbose=False)
+    return path
+
+
+def convert_tflite(model: keras.Model, quantization: str, representative_images: Iterable | None = None,
+                   integer_io: str = "uint8") -> bytes:
+    """One TFLite flatbuffer of `model` (logits out; the file outputs probabilities)."""
+    _check_format(quantization, integer_io)
+    with tempfile.TemporaryDirectory() as tmp:
+        return convert_saved_model(export_float_saved_model(model, tmp), quantization, representative_images,
+                                   integer_io)
+
+
+def convert_saved_model(saved_model_dir: str, quantization: str, representative_images: Iterable | None = None,
+                        integer_io: str = "uint8") -> bytes:
+    """One TFLite flatbuffer from a float SavedModel (`export_float_saved_model`).
+
+    int8: full-integer ops with `integer_io` (uint8|int8) input and output; int16x8: 16-bit
+    activations, 8-bit weights, float I/O. Both calibrate on `representative_images`
+    (float 0..255, one image or a batch per item).
+    """
+    _check_format(quantization, integer_io)
     if quantization in NEEDS_REPRESENTATIVE_DATA and representative_images is None:
         raise ValueError(f"{quantization} quantization needs representative images (from the training pipeline)")
-    with tempfile.TemporaryDirectory() as tmp:
-        probability_model(model).export(tmp, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        if quantization != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantization in NEEDS_REPRESENTATIVE_DATA:
-            images = list(representative_images)
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    if quantization != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization in NEEDS_REPRESENTATIVE_DATA:
+        images = list(representative_images)
 
-            def representative():
-                for image in images:
-                    image = np.asarray(image, np.float32)
-                    yield [image if image.ndim == 4 else image[None]]
+        def representative():
+            for image in images:
+                image = np.asarray(image, np.float32)
+                yield [image if image.ndim == 4 else image[None]]
 
-            converter.representative_dataset = representative
-        if quantization == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8 if integer_io == "uint8" else tf.int8
-            converter.inference_output_type = converter.inference_input_type
-        if quantization == "int16x8":
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        return converter.convert()
+        converter.representative_dataset = representative
+    if quantization == "int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8 if integer_io == "uint8" else tf.int8
+        converter.inference_output_type = converter.inference_input_type
+    if quantization == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    return converter.convert()
 
 
 class TFLiteRunner:
@@ -167,59 +187,142 @@ class TFLiteRunner:
         return f"{np.dtype(self.input['dtype']).name} in / {np.dtype(self.output['dtype']).name} out"
 
 
+class OnnxRunner:
+    """Runs a .onnx file with onnxruntime (CPU); images float 0..255 in, probabilities out."""
+
+    io_types = "float32 in / float32 out"
+
+    def __init__(self, model_path_or_content):
+        import onnxruntime
+
+        content = model_path_or_content
+        if not isinstance(content, (bytes, bytearray)):
+            content = os.fspath(content)
+        self.session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.asarray(images, np.float32)})[0]
+
+
+def convert_onnx(model: keras.Model, image_size: int, opset: int = ONNX_OPSET) -> bytes:
+    """The probability model as ONNX (tf2onnx): input `images` (batch, size, size, 3) float 0..255."""
+    require_onnx()
+    import tf2onnx
+
+    probabilities = probability_model(model)
+    signature = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="images"),)
+    function = tf.function(lambda images: probabilities(images, training=False))
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    return proto.SerializeToString()
+
+
 def export_tflite(model: keras.Model, export_dir: str, quantizations: Sequence[str] = TFLITE_QUANTIZATIONS,
                   representative_images: Iterable | None = None, integer_io: str = "uint8") -> dict[str, str]:
     """Write `model_<quantization>.tflite` files into export_dir (each written to a temporary
     file, then renamed); returns {quantization: path}."""
+    for quantization in quantizations:
+        _check_format(quantization, integer_io)
     os.makedirs(export_dir, exist_ok=True)
     images = list(representative_images) if representative_images is not None else None
     paths = {}
-    for quantization in quantizations:
-        content = convert_tflite(model, quantization, images, integer_io)
-        path = os.path.join(export_dir, f"model_{quantization}.tflite")
-        atomic_write(path, content)
-        paths[quantization] = path
+    with tempfile.TemporaryDirectory() as tmp:
+        float_model = export_float_saved_model(model, tmp)
+        for quantization in quantizations:
+            content = convert_saved_model(float_model, quantization, images, integer_io)
+            paths[quantization] = os.path.join(export_dir, f"model_{quantization}.tflite")
+            atomic_write(paths[quantization], content)
     return paths
 
 
-def agreement_report(model: keras.Model, tflite_paths: dict[str, str], images: np.ndarray, labels=None,
-                     batch_size: int = 32) -> dict[str, dict]:
-    """For each TFLite file: size, I/O types, top-1 agreement with the float Keras model on
-    `images` (and top-1 accuracy when labels are given), batch-1 latency."""
+@dataclasses.dataclass(frozen=True)
+class CheckImages:
+    """The images an exported model is compared with the float model on. Agreement is model vs
+    model and needs no labels, so it uses every image there is: the eval split first, then
+    training images (eval preprocessing). Top-1 against labels uses the eval images only."""
+
+    images: np.ndarray  # float 0..255; the first `num_eval` are the eval split
+    num_eval: int
+    eval_labels: np.ndarray | None  # None: another dataset's images, whose labels mean nothing here
+
+
+def check_images_of(source, image_size: int, seed: int | None, count: int = 0, labels: bool = True) -> CheckImages:
+    """Up to `count` images (0: all) of `source`: eval split, then training split."""
+    wanted = count or 10**9
+    images, eval_labels = _take_images(source, image_size, seed, wanted, training=False)
+    num_eval = len(images)
+    if num_eval < wanted:
+        train_images, _ = _take_images(source, image_size, seed, wanted - num_eval, training=False, split="train")
+        images = np.concatenate([images, train_images])
+    return CheckImages(images, num_eval, eval_labels if labels else None)
+
+
+def _predict(predict: Callable, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.concatenate([np.asarray(predict(images[i:i + batch_size]), np.float32)
+                           for i in range(0, len(images), batch_size)])
+
+
+def batch1_latency_ms(runners: dict[str, Callable], images: np.ndarray, repeats: int = 20,
+                      rounds: int = 3) -> dict[str, float]:
+    """Median milliseconds per single-image call, the runners interleaved round by round so a
+    busy moment of the machine does not fall on one of them only."""
     images = np.asarray(images, np.float32)
-    reference = np.concatenate([np.argmax(model.predict_on_batch(images[i:i + batch_size]), -1)
-                                for i in range(0, len(images), batch_size)])
+    times = {name: [] for name in runners}
+    for runner in runners.values():
+        runner(images[:1])  # warm-up (and the batch-1 allocation)
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            for i in range(repeats):
+                runner(images[i % len(images):i % len(images) + 1])
+            times[name].append((time.perf_counter() - start) / repeats * 1e3)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def agreement_report(model: keras.Model, paths: dict[str, str], images, labels=None, batch_size: int = 32,
+                     num_eval: int | None = None) -> dict[str, dict]:
+    """For each exported file (`.tflite` or `.onnx`): size, I/O types, top-1 agreement with the
+    float Keras model on all `images` and on the first `num_eval` (the eval split; default all),
+    the largest probability difference, top-1 against `labels` (of the eval images) and its
+    change from the float model, and batch-1 latency."""
+    images = np.asarray(images, np.float32)
+    num_eval = len(images) if num_eval is None else num_eval
+    reference = _predict(lambda batch: tf.nn.softmax(model.predict_on_batch(batch)), images, batch_size)
+    reference_top1 = reference.argmax(-1)
+    labels = None if labels is None else np.asarray(labels)[:num_eval]
+    runners = {name: (OnnxRunner if path.endswith(".onnx") else TFLiteRunner)(path) for name, path in paths.items()}
     report = {}
-    for name, path in tflite_paths.items():
-        runner = TFLiteRunner(path)
-        predicted = np.concatenate([np.argmax(runner(images[i:i + batch_size]), -1)
-                                    for i in range(0, len(images), batch_size)])
-        single = TFLiteRunner(path)
-        single(images[:1])  # warm-up
-        start = time.perf_counter()
-        repeats = min(len(images), 20)
-        for i in range(repeats):
-            single(images[i:i + 1])
-        latency_ms = (time.perf_counter() - start) / repeats * 1e3
-        entry = {"size_bytes": os.path.getsize(path), "io": runner.io_types,
-                 "agreement": float(np.mean(predicted == reference)), "images": int(len(images)),
-                 "latency_ms_batch1": latency_ms}
+    for name, runner in runners.items():
+        probabilities = _predict(runner, images, batch_size)
+        top1 = probabilities.argmax(-1)
+        entry = {"size_bytes": os.path.getsize(paths[name]), "io": runner.io_types,
+                 "agreement": float(np.mean(top1 == reference_top1)), "images": int(len(images)),
+                 "eval_agreement": float(np.mean(top1[:num_eval] == reference_top1[:num_eval])),
+                 "eval_images": int(num_eval),
+                 "max_abs_prob_diff": float(np.abs(probabilities - reference).max())}
         if labels is not None:
-            entry["top1"] = float(np.mean(predicted == np.asarray(labels)))
+            entry["top1"] = float(np.mean(top1[:num_eval] == labels))
+            entry["top1_change"] = entry["top1"] - float(np.mean(reference_top1[:num_eval] == labels))
         report[name] = entry
+    for name, latency in batch1_latency_ms(runners, images[:20]).items():
+        report[name]["latency_ms_batch1"] = latency
     if labels is not None:
-        report["keras_float32"] = {"top1": float(np.mean(reference == np.asarray(labels))), "images": int(len(images))}
+        report["keras_float32"] = {"top1": float(np.mean(reference_top1[:num_eval] == labels)),
+                                   "images": int(num_eval)}
     return report
 
 
 def format_report(report: dict[str, dict]) -> str:
-    lines = [f"{'model':<16} {'size':>10} {'I/O':<22} {'agree':>7} {'top-1':>7} {'ms/img':>8}"]
+    lines = [f"{'model':<16} {'size':>10} {'I/O':<25} {'agree':>7} {'images':>7} {'top-1':>7} {'change':>7} "
+             f"{'ms/img':>8}"]
     for name, entry in report.items():
         size = f"{entry['size_bytes'] / 1e6:.2f} MB" if "size_bytes" in entry else "-"
         agree = f"{entry['agreement']:.4f}" if "agreement" in entry else "-"
         top1 = f"{entry['top1']:.4f}" if "top1" in entry else "-"
+        change = f"{entry['top1_change']:+.4f}" if "top1_change" in entry else "-"
         latency = f"{entry['latency_ms_batch1']:.2f}" if "latency_ms_batch1" in entry else "-"
-        lines.append(f"{name:<16} {size:>10} {entry.get('io', 'float32'):<22} {agree:>7} {top1:>7} {latency:>8}")
+        lines.append(f"{name:<16} {size:>10} {entry.get('io', 'float32'):<25} {agree:>7} {entry.get('images', ''):>7} "
+                     f"{top1:>7} {change:>7} {latency:>8}")
     return "\n".join(lines)
 
 
@@ -230,10 +333,10 @@ def pipeline_images(model_dir: str, count: int, training: bool):
     return _take_images(config.load_source("skip"), int(info["image_size"]), config.run.seed, count, training)
 
 
-def _take_images(source, image_size: int, seed: int | None, count: int, training: bool):
+def _take_images(source, image_size: int, seed: int | None, count: int, training: bool, split: str | None = None):
     pipeline = PipelineConfig(image_size=image_size, global_batch_size=min(count, 64), seed=seed, drop_remainder=False)
     images, labels = [], []
-    for batch_images, batch_labels in make_dataset(source, pipeline, training=training, repeat=training):
+    for batch_images, batch_labels in make_dataset(source, pipeline, training=training, repeat=training, split=split):
         images.append(batch_images.numpy())
         labels.append(batch_labels.numpy())
         if sum(len(b) for b in images) >= count:
@@ -245,51 +348,75 @@ def _take_images(source, image_size: int, seed: int | None, count: int, training
 
 
 def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int = 5, use_ema: bool = True,
-               calibration_images: int = 200, **settings) -> dict:
-    """Export a run: `<export_dir>/saved_model/`, `<export_dir>/model_<q>.tflite` and
-    `<export_dir>/export_report.json`. The whole directory is built aside and swapped in at the end.
+               calibration_images: int = 200, search_images: int = SEARCH_IMAGES, **settings) -> dict:
+    """Export a run: `<export_dir>/saved_model/`, `<export_dir>/model_<q>.tflite`, `model.onnx`
+    and `<export_dir>/export_report.json`. The whole directory is built aside and swapped in at
+    the end; a format whose conversion fails is named in the report's `failed` and the others are
+    still written.
 
     Args:
         model_dir: a training run's directory.
-        config: what to write (`ExportConfig`: export_dir, tflite formats, check_images,
-            int8_io); or give those as keyword `settings`, e.g. `export_run(run, tflite=["int8"])`.
+        config: what to write (`ExportConfig`: export_dir, tflite formats, check_images, int8_io,
+            int8_target_agreement, onnx); or give those as keyword `settings`, e.g.
+            `export_run(run, tflite=["int8"], onnx=True)`.
         top_k: classes each serving signature returns.
         use_ema: export the EMA weights when the run kept them.
-        calibration_images: training-pipeline images the int8/int16x8 converters calibrate on.
+        calibration_images: training-pipeline images the int8/int16x8 converters calibrate on
+            (and int8's per-op errors are measured on).
+        search_images: training-pipeline images (random crops of the training split, never the
+            eval split) on which int8_selective's search measures agreement.
 
     Returns:
-        The report (also in export_report.json): sizes, and per TFLite file its agreement with
-        the float model on the first `check_images` eval images (0: the whole eval split).
+        The report (also in export_report.json): sizes; per exported file its agreement with the
+        float model on `check_images` images (eval split first, then training images) and on the
+        eval split alone, top-1 on the eval split and its change, batch-1 latency; with int8, each
+        op's own quantization error (`int8_layer_errors`, drawn in int8_layer_errors.png); with
+        int8_selective, the ops kept in float and every step of the search (`int8_selective`).
     """
     if config is None:
         config = ExportConfig(**settings)
     elif settings:
         raise TypeError("pass either an ExportConfig or keyword settings, not both")
     config.validate()
-    tflite, check_images = config.tflite, config.check_images or None
+    tflite = config.tflite
     model, info = load_trained_model(model_dir, use_ema=use_ema)
     export_dir = config.export_dir or RunDir(model_dir).export
     size = int(info["image_size"])
     report = {"model": info["model"], "dataset": info["dataset"], "checkpoint": info["checkpoint"], "ema": info["ema"],
               "image_size": size}
-    representative = eval_images = eval_labels = None
-    if tflite:
+    representative = check = search = None
+    if tflite or config.onnx:
         run_config, _ = load_run(model_dir)
         seed = run_config.run.seed
         source = _calibration_source(run_config, config.calibration_dataset)  # once: calibration and agreement
         if any(q in NEEDS_REPRESENTATIVE_DATA for q in tflite):
             representative, _ = _take_images(source, size, seed, calibration_images, training=True)
-        eval_images, eval_labels = _take_images(source, size, seed, check_images or 10**9, training=False)
-        if config.calibration_dataset:
-            eval_labels = None  # another dataset's labels are not this model's classes: agreement only
+        if "int8_selective" in tflite:
+            # Augmented training images: the model has seen the plain ones, and agrees with itself
+            # on them more readily than on new images; random crops are closer to what it has not seen.
+            search, _ = _take_images(source, size, None if seed is None else seed + 1, search_images, training=True)
+        # Another dataset's labels are not this model's classes: agreement only.
+        check = check_images_of(source, size, seed, config.check_images, labels=not config.calibration_dataset)
 
     def build(path):
         saved_model = os.path.join(path, "saved_model")
         export_saved_model(model, saved_model, info["class_names"], size, top_k, metadata=report)
         report["saved_model_bytes"] = _directory_size(saved_model)
+        failed, paths = {}, {}
         if tflite:
-            paths = export_tflite(model, path, tflite, representative, config.int8_io)
-            report["tflite"] = agreement_report(model, paths, eval_images, eval_labels)
+            paths.update(_write_tflite(model, path, tflite, config, representative, search, report, failed))
+        if config.onnx:
+            _attempt(failed, "onnx", lambda: atomic_write(os.path.join(path, "model.onnx"), convert_onnx(model, size)))
+            if "onnx" not in failed:
+                paths["onnx"] = os.path.join(path, "model.onnx")
+        if paths:
+            compared = agreement_report(model, paths, check.images, check.eval_labels, num_eval=check.num_eval)
+            if "onnx" in compared:
+                report["onnx"] = dict(compared.pop("onnx"), opset=ONNX_OPSET)
+            if tflite:
+                report["tflite"] = compared
+        if failed:
+            report["failed"] = failed
         with open(os.path.join(path, "export_report.json"), "w") as f:
             json.dump(report, f, indent=2)
 
@@ -297,6 +424,62 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
     replace_directory(build, export_dir)
     report["export_dir"] = os.path.abspath(export_dir)
     return report
+
+
+def _attempt(failed: dict, name: str, step: Callable):
+    """Run one format's step; a failure is recorded (one line) so the other formats still land."""
+    try:
+        return step()
+    except Exception as err:  # noqa: BLE001  (any converter failure: reported, not fatal to the rest)
+        failed[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        return None
+
+
+def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig, representative, search,
+                  report: dict, failed: dict) -> dict[str, str]:
+    """The TFLite files, the int8 per-op errors (+ plot) and the int8_selective search."""
+    from efficientnet_tf.deploy.quantization import Int8Calibration, selective_int8
+    from efficientnet_tf.plots import plot_layer_errors
+
+    paths = {}
+
+    def write(name: str, content: bytes) -> None:
+        paths[name] = os.path.join(path, f"model_{name}.tflite")
+        atomic_write(paths[name], content)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        float_model = export_float_saved_model(model, tmp)
+        for quantization in (q for q in formats if q in TFLITE_QUANTIZATIONS):
+            content = _attempt(failed, quantization, lambda q=quantization: convert_saved_model(
+                float_model, q, representative, config.int8_io))
+            if content is not None:
+                write(quantization, content)
+        if not {"int8", "int8_selective"} & set(formats):
+            return paths
+        calibration = _attempt(failed, "int8_layer_errors", lambda: Int8Calibration(float_model, representative))
+        errors = calibration and _attempt(failed, "int8_layer_errors", calibration.layer_errors)
+        if not errors:
+            if "int8_selective" in formats:
+                failed["int8_selective"] = "the int8 calibration failed (see int8_layer_errors)"
+            return paths
+        report["int8_layer_errors"] = [e.as_dict() for e in errors]
+        kept = ()
+        if "int8_selective" in formats:
+            reference = _predict(model.predict_on_batch, search).argmax(-1)
+
+            def agreement(content: bytes) -> float:
+                return float(np.mean(_predict(TFLiteRunner(content), search).argmax(-1) == reference))
+
+            chosen = _attempt(failed, "int8_selective", lambda: selective_int8(
+                calibration, agreement, config.int8_target_agreement))
+            if chosen is not None:
+                content, search_report = chosen
+                write("int8_selective", content)
+                report["int8_selective"] = dict(search_report, search_images=int(len(search)))
+                kept = [entry["tensor"] for entry in search_report["kept_float"]]
+        _attempt(failed, "int8_layer_errors", lambda: plot_layer_errors(
+            report["int8_layer_errors"], kept, os.path.join(path, LAYER_ERRORS_PNG)))
+    return paths
 
 
 def _calibration_source(run_config, calibration_dataset: str | None):

@@ -1,0 +1,181 @@
+"""Where full-integer int8 loses accuracy, and an int8 model that keeps it.
+
+Swish and squeeze-excite models lose accuracy under full-integer int8 while int16 activations
+keep it but run slowly. `layer_errors` finds where the loss comes from: TFLite's quantization
+debugger runs each quantized op on the float model's own inputs and compares its output with
+the float op's, so every op's error is its own, not an accumulation of the ops before it.
+The figure used is RMSE divided by the output's quantization step (`rmse_over_scale`): rounding
+alone gives 1/sqrt(12) ~ 0.29; ops far above that (sigmoids and SE products whose range a
+handful of outliers stretch) are the ones worth keeping in float.
+
+`selective_int8` then keeps the worst ops in float, adding them in that order (1, 2, 4, ...
+then bisecting) until the model agrees with the float model on a target share of search images,
+and reports every step. The kept ops run in float between quantize/dequantize pairs; everything
+else stays int8, so the model keeps most of int8's size and speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import re
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+# Ops that move values between int8 and float: their "error" is the conversion, not an op to keep.
+_NOT_CANDIDATES = ("QUANTIZE", "DEQUANTIZE")
+ROUNDING_ONLY = 1 / np.sqrt(12)  # rmse_over_scale of uniform rounding error
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerError:
+    """One quantized op's own error, in network order (`index`)."""
+
+    index: int
+    op: str  # TFLite op type: CONV_2D, LOGISTIC, MUL, ...
+    tensor: str  # the op's output tensor: what `selective_int8` keeps in float
+    layer: str  # the Keras layer the op came from (block2a_se_excite, top_conv, ...)
+    rmse: float
+    scale: float
+
+    @property
+    def rmse_over_scale(self) -> float:
+        return self.rmse / self.scale if self.scale > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "op": self.op, "layer": self.layer, "tensor": self.tensor,
+                "rmse": self.rmse, "scale": self.scale, "rmse_over_scale": self.rmse_over_scale}
+
+
+def keras_layer_name(tensor_name: str) -> str:
+    """'model_probabilities_1/block2a_se_excite_1/mul;...' -> 'block2a_se_excite'."""
+    if tensor_name.startswith("StatefulPartitionedCall"):  # the signature's output: the softmax
+        return "probabilities"
+    parts = tensor_name.split(";")[0].split("/")
+    name = parts[1] if len(parts) > 2 else parts[0]
+    return re.sub(r"_\d+$", "", name)
+
+
+@contextlib.contextmanager
+def _debugger_interpreters():
+    """The debugger runs models with tf.lite.Interpreter, which warns that it is deprecated: the
+    user did not choose it, and cannot act on that warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+        yield
+
+
+def _images_dataset(images: np.ndarray) -> Callable:
+    def generate():
+        for image in np.asarray(images, np.float32):
+            yield [image[None]]
+
+    return generate
+
+
+class Int8Calibration:
+    """A float SavedModel calibrated once for int8; quantized with any set of ops kept in float.
+
+    Args:
+        saved_model_dir: the float model (images 0..255 in, probabilities out).
+        representative_images: images that set the activation ranges (float 0..255).
+        debug_images: images the per-op errors are measured on (default: the representative ones).
+    """
+
+    def __init__(self, saved_model_dir: str, representative_images: np.ndarray, debug_images: np.ndarray | None = None):
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _images_dataset(representative_images)
+        with _debugger_interpreters():
+            self._debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter,
+                debug_dataset=_images_dataset(representative_images if debug_images is None else debug_images))
+        self._errors = None
+
+    def layer_errors(self) -> list[LayerError]:
+        """Every quantized op's own error on the debug images, in network order."""
+        if self._errors is None:
+            with _debugger_interpreters():
+                self._debugger.options = tf.lite.experimental.QuantizationDebugOptions()
+                self._debugger.run()
+            table = io.StringIO()
+            self._debugger.layer_statistics_dump(table)
+            table.seek(0)
+            self._errors = [
+                LayerError(index=i, op=row["op_name"], tensor=row["tensor_name"],
+                           layer=keras_layer_name(row["tensor_name"]),
+                           rmse=float(np.sqrt(max(float(row["mean_squared_error"]), 0.0))), scale=float(row["scale"]))
+                for i, row in enumerate(csv.DictReader(table))]
+        return self._errors
+
+    def quantize(self, keep_float: Sequence[str] = ()) -> bytes:
+        """The int8 model (float input and output) with the ops producing `keep_float` in float."""
+        with _debugger_interpreters():
+            self._debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_nodes=list(keep_float) or None)
+            return self._debugger.get_nondebug_quantized_model()
+
+
+def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], float], target: float = 0.995,
+                   max_float_ops: int | None = None) -> tuple[bytes, dict]:
+    """Keep the worst ops in float until `agreement(model) >= target`.
+
+    Args:
+        calibration: the calibrated model.
+        agreement: top-1 agreement of a TFLite model (bytes) with the float model, measured on
+            images that are not the evaluation images.
+        target: the agreement to reach, in (0, 1].
+        max_float_ops: the most ops kept in float (default: all but one; with every op in float
+            it is no longer an int8 model).
+
+    Returns:
+        The chosen model and its report: target, whether it was met (and if not, why), the ops
+        kept in float with their errors, and every step of the search.
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target agreement must be in (0, 1], got {target}")
+    ranked = sorted((e for e in calibration.layer_errors() if e.op not in _NOT_CANDIDATES),
+                    key=lambda e: -e.rmse_over_scale)
+    limit = max(len(ranked) - 1, 0) if max_float_ops is None else min(max_float_ops, len(ranked) - 1)
+    steps, models = [], {}
+
+    def try_keeping(count: int) -> float:
+        if count not in models:
+            content = calibration.quantize([e.tensor for e in ranked[:count]])
+            models[count] = (content, agreement(content))
+            steps.append({"float_ops": count, "agreement": models[count][1]})
+        return models[count][1]
+
+    # Grow the kept set geometrically until the target is met, then bisect for the fewest ops.
+    low, high, count = -1, None, 0
+    while True:
+        if try_keeping(count) >= target:
+            high = count
+            break
+        low = count
+        if count >= limit:
+            break
+        count = min(limit, max(1, count * 2))
+    if high is not None:
+        while high - low > 1:
+            middle = (low + high) // 2
+            if try_keeping(middle) >= target:
+                high = middle
+            else:
+                low = middle
+        chosen = high
+    else:  # not reachable: the best seen, the fewer float ops on a tie
+        chosen = max(models, key=lambda c: (models[c][1], -c))
+    report = {"target_agreement": target, "search_agreement": models[chosen][1], "target_met": high is not None,
+              "float_ops": chosen, "quantized_ops": len(ranked) - chosen,
+              "kept_float": [e.as_dict() for e in ranked[:chosen]], "steps": steps}
+    if high is None:
+        report["reason"] = (f"keeping the {limit} worst ops of {len(ranked)} in float reached agreement "
+                            f"{models[limit][1]:.4f} < target {target}: the rest of the loss comes from ops "
+                            "whose own error is small (it accumulates), or the search images are too few")
+    return models[chosen][0], report
