@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import sys
-import tempfile
+import threading
 
 from absl import app, flags
 
@@ -60,22 +60,29 @@ def import_tensorflow_quietly(level: int | None) -> None:
 
 @contextlib.contextmanager
 def filtered_stderr(keep):
-    """Capture the process's stderr (file descriptor 2: C++ writes there too) and give back
-    only the lines `keep(line)` accepts, when the block ends."""
+    """Pass the process's stderr (file descriptor 2: C++ writes there too) through `keep(line)`
+    line by line as it is written, so a native crash still shows what came before it."""
     sys.stderr.flush()
     saved_fd = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
-            captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True) if keep(line)]
-            sys.stderr.write("".join(kept))
-            sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def forward():
+        with os.fdopen(read_fd, "rb") as pipe:
+            for line in pipe:
+                if keep(line.decode(errors="replace")):
+                    os.write(saved_fd, line)
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)  # closes the pipe's last write end: the thread reads to the end and stops
+        thread.join()
+        os.close(saved_fd)
 
 
 CONVERTER_CHATTER = ("fully_quantize: ", "INFO: Created TensorFlow Lite XNNPACK delegate")
@@ -290,8 +297,9 @@ def run_export() -> int:
         print(format_report(compared))
     selective = report.get("int8_selective")
     if selective:
+        tail = f" (from {selective['first_float_layer']} on)" if selective["float_ops"] else ""
         print(f"int8_selective: {selective['float_ops']} of {selective['float_ops'] + selective['quantized_ops']} ops "
-              f"kept in float, search agreement {selective['search_agreement']:.4f} (target "
+              f"kept in float{tail}, search agreement {selective['search_agreement']:.4f} (target "
               f"{selective['target_agreement']}{'' if selective['target_met'] else ', NOT met: ' + selective['reason']})")
     print(f"report: {os.path.join(report['export_dir'], 'export_report.json')}")
     if report.get("failed"):

@@ -171,9 +171,10 @@ def test_lite_int8_and_selective_int8_on_trained_digits():
     assert int8 >= 0.99, out
     row = re.search(r"^int8\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+(\d+)", out, re.M)
     assert float(row.group(1)) == int8 and int(row.group(2)) == 1797, out
-    search = re.search(r"^int8_selective: (\d+) of (\d+) ops kept in float; search agreement ([\d.]+) on (\d+) "
-                       r"augmented training images \(target 0.995, (met|not met: .+)\)$", out, re.M)
+    search = re.search(r"^int8_selective: (\d+) of (\d+) ops kept in float(?: \(from \w+ on\))?; search agreement "
+                       r"([\d.]+) on (\d+) training images \(target 0.995, (met|not met: .+)\)$", out, re.M)
     assert search, out
+    assert int(search.group(4)) == 1437  # every training image of digits (eval preprocessing), no eval image
     if search.group(5) == "met":
         assert float(search.group(3)) >= 0.995
     else:

@@ -20,14 +20,15 @@ class ExportConfig:
     export_dir: str | None = setting(None, "export: destination (default MODEL_DIR/export); replaced atomically.")
     tflite: tuple[str, ...] = setting(TFLITE_QUANTIZATIONS, "export: TFLite formats to write; empty (on the "
                                       "command line: none) for the SavedModel only. int8_selective (not in the "
-                                      "default: it searches) keeps the ops int8 hurts most in float.",
+                                      "default: it searches) is int8 with the end of the network in float.",
                                       choices=TFLITE_FORMATS)
     check_images: int = setting(2000, "export: images on which each exported model is compared with the float "
-                                "model: the eval split first, then training images (0: every image).")
+                                "model: the eval split first, then training images (0: every image, for "
+                                "datasets that fit in memory).")
     int8_io: str = setting("uint8", "export: input/output type of the full-integer TFLite model.", choices=INTEGER_IO)
     int8_target_agreement: float = setting(
-        0.995, "export: int8_selective keeps ops in float until its top-1 agreement with the float model, on "
-        "training images (not the eval split), reaches this share; in (0, 1].")
+        0.995, "export: int8_selective keeps the last ops in float until its top-1 agreement with the float "
+        "model, on training images (not the eval split), reaches this share; in (0, 1].")
     onnx: bool = setting(False, "export: also write model.onnx (float32, needs the onnx extra) and check it with "
                          "onnxruntime.")
     calibration_dataset: str | None = setting(
@@ -54,4 +55,5 @@ def require_onnx() -> None:
 
     missing = [name for name in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
-        raise SettingError("onnx", f"ONNX export needs {', '.join(missing)}: pip install 'efficientnet_tf[onnx]'")
+        raise SettingError("onnx", f"ONNX export needs {', '.join(missing)}: pip install tf2onnx onnx onnxruntime "
+                           "(in a checkout: pip install -e '.[onnx]')")

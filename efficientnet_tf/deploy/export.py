@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import time
@@ -33,8 +34,11 @@ from efficientnet_tf.training.checkpoints import restore_newest_readable
 from efficientnet_tf.training.ema import WeightAverage
 from efficientnet_tf.training.rundir import RunDir, load_run
 
+log = logging.getLogger(__name__)
+
 NEEDS_REPRESENTATIVE_DATA = ("int8", "int16x8", "int8_selective")
 SEARCH_IMAGES = 2000  # training images int8_selective's search measures agreement on
+MAX_CHECK_BYTES = 4 << 30  # check_images=0 holds every image in memory: fine for digits, not for ImageNet
 LAYER_ERRORS_PNG = "int8_layer_errors.png"
 
 
@@ -248,6 +252,12 @@ class CheckImages:
 
 def check_images_of(source, image_size: int, seed: int | None, count: int = 0, labels: bool = True) -> CheckImages:
     """Up to `count` images (0: all) of `source`: eval split, then training split."""
+    if not count:  # "all" is for small datasets: the images are held in memory
+        known = None if source.num_eval is None or source.num_train is None else source.num_eval + source.num_train
+        if known is None or known * image_size * image_size * 3 * 4 > MAX_CHECK_BYTES:
+            what = f"{known:,} images" if known else "every image of a dataset of unknown size"
+            raise SettingError("check_images", f"check_images=0 would hold {what} of {image_size}x{image_size} in "
+                               f"memory (more than {MAX_CHECK_BYTES >> 30} GB); give a count, e.g. 2000")
     wanted = count or 10**9
     images, eval_labels = _take_images(source, image_size, seed, wanted, training=False)
     num_eval = len(images)
@@ -281,8 +291,9 @@ def batch1_latency_ms(runners: dict[str, Callable], images: np.ndarray, repeats:
 
 def agreement_report(model: keras.Model, paths: dict[str, str], images, labels=None, batch_size: int = 32,
                      num_eval: int | None = None) -> dict[str, dict]:
-    """For each exported file (`.tflite` or `.onnx`): size, I/O types, top-1 agreement with the
-    float Keras model on all `images` and on the first `num_eval` (the eval split; default all),
+    """For each exported file (`.tflite` or `.onnx`, probabilities out): size, I/O types, top-1
+    agreement with the float Keras `model` (logits out, as `load_trained_model` gives it) on all
+    `images` and on the first `num_eval` (the eval split; default all),
     the largest probability difference, top-1 against `labels` (of the eval images) and its
     change from the float model, and batch-1 latency."""
     images = np.asarray(images, np.float32)
@@ -313,16 +324,18 @@ def agreement_report(model: keras.Model, paths: dict[str, str], images, labels=N
 
 
 def format_report(report: dict[str, dict]) -> str:
-    lines = [f"{'model':<16} {'size':>10} {'I/O':<25} {'agree':>7} {'images':>7} {'top-1':>7} {'change':>7} "
-             f"{'ms/img':>8}"]
+    """The report as a table: agreement on all images and on the eval split alone (images the
+    model did not train on), top-1 on the eval split and its change, batch-1 latency."""
+    lines = [f"{'model':<16} {'size':>10} {'I/O':<25} {'agree':>7} {'images':>7} {'eval':>7} {'top-1':>7} "
+             f"{'change':>7} {'ms/img':>8}"]
     for name, entry in report.items():
+        def cell(key, spec):
+            return format(entry[key], spec) if key in entry else "-"
+
         size = f"{entry['size_bytes'] / 1e6:.2f} MB" if "size_bytes" in entry else "-"
-        agree = f"{entry['agreement']:.4f}" if "agreement" in entry else "-"
-        top1 = f"{entry['top1']:.4f}" if "top1" in entry else "-"
-        change = f"{entry['top1_change']:+.4f}" if "top1_change" in entry else "-"
-        latency = f"{entry['latency_ms_batch1']:.2f}" if "latency_ms_batch1" in entry else "-"
-        lines.append(f"{name:<16} {size:>10} {entry.get('io', 'float32'):<25} {agree:>7} {entry.get('images', ''):>7} "
-                     f"{top1:>7} {change:>7} {latency:>8}")
+        lines.append(f"{name:<16} {size:>10} {entry.get('io', 'float32'):<25} {cell('agreement', '.4f'):>7} "
+                     f"{entry.get('images', ''):>7} {cell('eval_agreement', '.4f'):>7} {cell('top1', '.4f'):>7} "
+                     f"{cell('top1_change', '+.4f'):>7} {cell('latency_ms_batch1', '.2f'):>8}")
     return "\n".join(lines)
 
 
@@ -363,8 +376,8 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
         use_ema: export the EMA weights when the run kept them.
         calibration_images: training-pipeline images the int8/int16x8 converters calibrate on
             (and int8's per-op errors are measured on).
-        search_images: training-pipeline images (random crops of the training split, never the
-            eval split) on which int8_selective's search measures agreement.
+        search_images: training images (eval preprocessing; never the eval split) on which
+            int8_selective's search measures agreement.
 
     Returns:
         The report (also in export_report.json): sizes; per exported file its agreement with the
@@ -392,9 +405,9 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
         if any(q in NEEDS_REPRESENTATIVE_DATA for q in tflite):
             representative, _ = _take_images(source, size, seed, calibration_images, training=True)
         if "int8_selective" in tflite:
-            # Augmented training images: the model has seen the plain ones, and agrees with itself
-            # on them more readily than on new images; random crops are closer to what it has not seen.
-            search, _ = _take_images(source, size, None if seed is None else seed + 1, search_images, training=True)
+            # Training images as the model will see them deployed (eval preprocessing): never the
+            # eval split, whose agreement the report gives separately.
+            search, _ = _take_images(source, size, seed, search_images, training=False, split="train")
         # Another dataset's labels are not this model's classes: agreement only.
         check = check_images_of(source, size, seed, config.check_images, labels=not config.calibration_dataset)
 
@@ -460,7 +473,7 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
         errors = calibration and _attempt(failed, "int8_layer_errors", calibration.layer_errors)
         if not errors:
             if "int8_selective" in formats:
-                failed["int8_selective"] = "the int8 calibration failed (see int8_layer_errors)"
+                failed["int8_selective"] = failed.get("int8_layer_errors", "the int8 calibration found no quantized op")
             return paths
         report["int8_layer_errors"] = [e.as_dict() for e in errors]
         kept = ()
@@ -477,8 +490,10 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
                 write("int8_selective", content)
                 report["int8_selective"] = dict(search_report, search_images=int(len(search)))
                 kept = [entry["tensor"] for entry in search_report["kept_float"]]
-        _attempt(failed, "int8_layer_errors", lambda: plot_layer_errors(
-            report["int8_layer_errors"], kept, os.path.join(path, LAYER_ERRORS_PNG)))
+        try:
+            plot_layer_errors(report["int8_layer_errors"], kept, os.path.join(path, LAYER_ERRORS_PNG))
+        except Exception as err:  # noqa: BLE001  (a figure is not worth failing the export for)
+            log.warning("could not draw %s: %s", LAYER_ERRORS_PNG, err)
     return paths
 
 
@@ -491,9 +506,9 @@ def _calibration_source(run_config, calibration_dataset: str | None):
         return run_config.load_source("skip")
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
-            f"TFLite export calibrates on and checks against images of the run's dataset, but {dataset!r} cannot "
-            f"be loaded here ({err}). Export the SavedModel only (no TFLite formats), or name another dataset of "
-            "similar images as calibration_dataset") from None
+            f"TFLite and ONNX export calibrate on and check against images of the run's dataset, but {dataset!r} "
+            f"cannot be loaded here ({err}). Export the SavedModel only (no TFLite formats, no ONNX), or name "
+            "another dataset of similar images as calibration_dataset") from None
 
 
 def _directory_size(path: str) -> int:

@@ -1,17 +1,20 @@
 """Where full-integer int8 loses accuracy, and an int8 model that keeps it.
 
 Swish and squeeze-excite models lose accuracy under full-integer int8 while int16 activations
-keep it but run slowly. `layer_errors` finds where the loss comes from: TFLite's quantization
+keep it but run slowly. `layer_errors` shows where the loss comes from: TFLite's quantization
 debugger runs each quantized op on the float model's own inputs and compares its output with
 the float op's, so every op's error is its own, not an accumulation of the ops before it.
 The figure used is RMSE divided by the output's quantization step (`rmse_over_scale`): rounding
-alone gives 1/sqrt(12) ~ 0.29; ops far above that (sigmoids and SE products whose range a
-handful of outliers stretch) are the ones worth keeping in float.
+alone gives 1/sqrt(12) ~ 0.29; ops far above that are broken by their quantization.
 
-`selective_int8` then keeps the worst ops in float, adding them in that order (1, 2, 4, ...
-then bisecting) until the model agrees with the float model on a target share of search images,
-and reports every step. The kept ops run in float between quantize/dequantize pairs; everything
-else stays int8, so the model keeps most of int8's size and speed.
+`selective_int8` keeps the end of the network in float: the last op, the last 2, 4, ... then
+bisecting, until the model agrees with the float model on a target share of search images, and
+reports every step. Why the end and not the ops with the largest own error: an op kept in float
+among int8 ops hands its output to an int8 op, which quantizes it again, so the error it avoided
+comes straight back; only a connected float region keeps its tensors in float, and the region
+that ends at the output keeps every error it avoids out of the logits. (On EfficientNet-B0 and
+V2-B0, whose ops all sit near the rounding level, keeping the worst ops in float moved agreement
+only once most of the network was float: docs/deployment.md.)
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import tensorflow as tf
 
 # Ops that move values between int8 and float: their "error" is the conversion, not an op to keep.
 _NOT_CANDIDATES = ("QUANTIZE", "DEQUANTIZE")
-ROUNDING_ONLY = 1 / np.sqrt(12)  # rmse_over_scale of uniform rounding error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,7 @@ def keras_layer_name(tensor_name: str) -> str:
     if tensor_name.startswith("StatefulPartitionedCall"):  # the signature's output: the softmax
         return "probabilities"
     parts = tensor_name.split(";")[0].split("/")
-    name = parts[1] if len(parts) > 2 else parts[0]
+    name = parts[1] if len(parts) > 1 else parts[0]
     return re.sub(r"_\d+$", "", name)
 
 
@@ -123,7 +125,7 @@ class Int8Calibration:
 
 def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], float], target: float = 0.995,
                    max_float_ops: int | None = None) -> tuple[bytes, dict]:
-    """Keep the worst ops in float until `agreement(model) >= target`.
+    """Keep the last ops of the network in float until `agreement(model) >= target`.
 
     Args:
         calibration: the calibrated model.
@@ -135,23 +137,31 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
 
     Returns:
         The chosen model and its report: target, whether it was met (and if not, why), the ops
-        kept in float with their errors, and every step of the search.
+        kept in float (in network order) with their own errors, and every step of the search.
+        The bisection assumes that a longer float tail agrees at least as well; where the
+        measured agreement is not monotonic the result is a tail that meets the target, not
+        necessarily the shortest one.
     """
     if not 0 < target <= 1:
         raise ValueError(f"target agreement must be in (0, 1], got {target}")
-    ranked = sorted((e for e in calibration.layer_errors() if e.op not in _NOT_CANDIDATES),
-                    key=lambda e: -e.rmse_over_scale)
-    limit = max(len(ranked) - 1, 0) if max_float_ops is None else min(max_float_ops, len(ranked) - 1)
+    if max_float_ops is not None and max_float_ops < 0:
+        raise ValueError(f"max_float_ops must be >= 0, got {max_float_ops}")
+    candidates = sorted((e for e in calibration.layer_errors() if e.op not in _NOT_CANDIDATES), key=lambda e: e.index)
+    limit = max(len(candidates) - 1, 0) if max_float_ops is None else max(0, min(max_float_ops, len(candidates) - 1))
     steps, models = [], {}
+
+    def tail(count: int) -> list[LayerError]:
+        return candidates[len(candidates) - count:] if count else []
 
     def try_keeping(count: int) -> float:
         if count not in models:
-            content = calibration.quantize([e.tensor for e in ranked[:count]])
+            content = calibration.quantize([e.tensor for e in tail(count)])
             models[count] = (content, agreement(content))
-            steps.append({"float_ops": count, "agreement": models[count][1]})
+            steps.append({"float_ops": count, "first_float_layer": tail(count)[0].layer if count else None,
+                          "agreement": models[count][1]})
         return models[count][1]
 
-    # Grow the kept set geometrically until the target is met, then bisect for the fewest ops.
+    # Grow the float tail geometrically until the target is met, then bisect for the shortest.
     low, high, count = -1, None, 0
     while True:
         if try_keeping(count) >= target:
@@ -169,13 +179,14 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
             else:
                 low = middle
         chosen = high
-    else:  # not reachable: the best seen, the fewer float ops on a tie
+    else:  # not reachable: the best seen, the shorter tail on a tie
         chosen = max(models, key=lambda c: (models[c][1], -c))
     report = {"target_agreement": target, "search_agreement": models[chosen][1], "target_met": high is not None,
-              "float_ops": chosen, "quantized_ops": len(ranked) - chosen,
-              "kept_float": [e.as_dict() for e in ranked[:chosen]], "steps": steps}
+              "float_ops": chosen, "quantized_ops": len(candidates) - chosen,
+              "first_float_layer": tail(chosen)[0].layer if chosen else None,
+              "kept_float": [e.as_dict() for e in tail(chosen)], "steps": steps}
     if high is None:
-        report["reason"] = (f"keeping the {limit} worst ops of {len(ranked)} in float reached agreement "
-                            f"{models[limit][1]:.4f} < target {target}: the rest of the loss comes from ops "
-                            "whose own error is small (it accumulates), or the search images are too few")
+        report["reason"] = (f"keeping the last {limit} of {len(candidates)} ops in float reached agreement "
+                            f"{models[limit][1]:.4f} < target {target}: the loss comes from the int8 ops before "
+                            "them, or the search images are too few to measure the target")
     return models[chosen][0], report
