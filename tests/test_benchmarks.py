@@ -66,12 +66,14 @@ def test_input_pipeline_quick_ratio_is_the_measured_rates_ratio(tmp_path):
 
 @pytest.mark.slow
 def test_training_throughput_quick_reports_consistent_ratios(tmp_path):
-    out, report, wall = _run("training_throughput.py", "--quick", tmp_path=tmp_path)
+    # XLA off only: the XLA step's compilation is covered by the trainer's tests, and on this CPU
+    # it costs CI half a minute more than the rest of the script.
+    out, report, wall = _run("training_throughput.py", "--quick", "--xla", "off", tmp_path=tmp_path)
     peak = report["peak_flops"]
     assert peak > 1e8 and math.isfinite(peak)  # a 2048^2 float32 matmul runs at > 0.1 GFLOP/s anywhere
     rows = report["rows"]
     assert [(r["model"], r["size"], r["xla"], r["batch_size"]) for r in rows] == [
-        ("efficientnet-b0", 32, "off", 16), ("efficientnet-b0", 32, "on", 16)]
+        ("efficientnet-b0", 32, "off", 16)]
     # B0's published 0.39 GMACs at 224 px, scaled by pixels to 32 px; same-padding borders and
     # the fixed-size head make small inputs cost somewhat more per pixel, never 2x.
     pixel_scaled = 6 * 0.39e9 * (32 / 224) ** 2
