@@ -43,9 +43,9 @@ def import_tensorflow_quietly(level: int | None) -> None:
 
     TensorFlow 2.21 logs through absl C++ and writes the lines of its library loading (oneDNN
     notice, `cudart_stub`, once per shared library) to stderr before its log level takes effect,
-    so TF_CPP_MIN_LOG_LEVEL alone does not hide them. Stderr is captured while TensorFlow
-    loads and given back without the log lines below `level`; anything else (a Python warning,
-    an import error's explanation) passes through.
+    so TF_CPP_MIN_LOG_LEVEL alone does not hide them. Stderr is filtered while TensorFlow
+    loads: the log lines below `level` are dropped; anything else (a Python warning, an import
+    error's explanation) passes through.
     """
     if level is None or "tensorflow" in sys.modules:
         import tensorflow  # noqa: F401

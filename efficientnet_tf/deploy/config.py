@@ -7,7 +7,7 @@ import dataclasses
 from efficientnet_tf.settings import SettingError, check_choices, setting
 
 TFLITE_QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")  # one converter run each
-# int8_selective: int8 with the ops whose quantization hurts most kept in float (searched for).
+# int8_selective: int8 with the end of the network kept in float (searched for; deploy/quantization.py).
 TFLITE_FORMATS = TFLITE_QUANTIZATIONS + ("int8_selective",)
 INTEGER_IO = ("uint8", "int8")
 ONNX_OPSET = 18
