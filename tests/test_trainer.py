@@ -401,6 +401,17 @@ def test_every_augmentation_computes_in_float32_under_mixed_precision(name, rest
     assert np.mean(out_images != as_bfloat16) > 0.2
 
 
+@pytest.mark.parametrize("name", ["mixup", "all"])
+def test_augmented_pixels_stay_in_0_255(name):
+    """MixUp blending two 255 pixels gave 255.00002 (float32 rounding of x*l + y*(1-l))."""
+    images = np.full((16, 8, 8, 3), 255.0, np.float32)
+    images[8:, ..., 1] = 0.0
+    labels = np.eye(10, dtype=np.float32)[np.arange(16) % 10]
+    for seed in range(4):
+        out_images = BatchAugmenter(AUGMENTATIONS[name], seed=seed)(images, labels)[0].numpy()
+        assert out_images.min() >= 0 and out_images.max() <= 255, (seed, out_images.min(), out_images.max())
+
+
 def test_mixed_precision_training_with_cutmix(tmp_path, restore_policy):
     """The CLI's --mixed_precision --cutmix_alpha combination, end to end (train, validate, report)."""
     config = TrainConfig.from_settings(model_dir=str(tmp_path), model="efficientnet-lite0", dataset="digits", image_size=32,

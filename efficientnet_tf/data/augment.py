@@ -54,7 +54,7 @@ class BatchAugmenter:
         if self.randaug is not None:
             images = tf.cast(self.randaug(images, training=True), tf.float32)
         if self.mixup is None and self.cutmix is None:
-            return images, labels
+            return self._in_value_range(images), labels
         batch = {"images": images, "labels": tf.cast(labels, tf.float32)}
         if self.mixup is not None and self.cutmix is not None:
             # Like timm: each batch gets one of the two, with equal chance.
@@ -69,4 +69,9 @@ class BatchAugmenter:
             batch = self.mixup(batch, training=True)
         else:
             batch = self.cutmix(batch, training=True)
-        return tf.cast(batch["images"], tf.float32), tf.cast(batch["labels"], tf.float32)
+        return self._in_value_range(batch["images"]), tf.cast(batch["labels"], tf.float32)
+
+    @staticmethod
+    def _in_value_range(images):
+        # MixUp's blend x*l + y*(1-l) of two 255s rounds to 255.00002 in float32.
+        return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)
