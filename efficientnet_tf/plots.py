@@ -1,5 +1,5 @@
 """Figures of a training run: history curves, LR schedule, progressive stages, confusion matrix,
-augmented images.
+augmented images, and for recognition embeddings the verification ROC and pair similarities.
 
 Every function builds a `matplotlib.figure.Figure` directly (no pyplot, no display, no global
 backend change, so it works on servers and leaves a notebook's backend alone), optionally saves
@@ -28,9 +28,12 @@ from efficientnet_tf.training.rundir import (
     RunDir,
     read_history_csv,
 )
+from efficientnet_tf.training.verification import roc_auc, tar_at_far
 
 DPI = 100
 MAX_CONFUSION_CLASSES = 50  # beyond this a class-by-class matrix is unreadable
+ROC_PNG = "roc.png"  # plot_roc of a recognition run's held-out identities
+SIMILARITY_PNG = "similarity.png"  # plot_similarity_histograms of the same pairs
 
 
 def load_history(history) -> dict[str, np.ndarray]:
@@ -301,6 +304,61 @@ def _label_text(label, class_names) -> str:
         weight = float(label[index])
     name = class_names[index] if class_names is not None and index < len(class_names) else str(index)
     return name if weight is None or weight > 0.95 else f"{name} ({weight:.2f})"
+
+
+def plot_roc(curves: Mapping, path: str | None = None, title: str | None = None) -> Figure:
+    """Verification ROC: TAR against FAR on a log axis from 1/N (N negative pairs: nothing lower
+    is measurable) to 1, with TAR@FAR=1e-3 and 1e-2 marked and the AUC in the title. Takes the
+    dict of `training.verification.verification_curves`."""
+    positive, negative = curves["positive_scores"], curves["negative_scores"]
+    figure = _new_figure(7, 5)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot(curves["far"], curves["tar"], "-", color="tab:blue", label="ROC")
+    lowest = 1.0 / len(negative)
+    chance = np.logspace(np.log10(lowest), 0, 100)
+    axes.plot(chance, chance, "--", color="gray", linewidth=1, label="chance (TAR = FAR)")
+    for far, colour in ((1e-3, "tab:red"), (1e-2, "tab:orange")):
+        if far >= lowest:  # below 1/N the point would sit off the axis
+            value = tar_at_far(positive, negative, far)
+            axes.plot([far], [value], "o", color=colour, label=f"TAR@FAR={far:g}: {value:.4f}")
+    axes.set_xscale("log")
+    axes.set_xlim(lowest, 1.0)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel(f"false accept rate (FAR, {len(negative):,} negative pairs)")
+    axes.set_ylabel(f"true accept rate (TAR, {len(positive):,} positive pairs)")
+    auc = roc_auc(positive, negative)
+    axes.set_title(f"{title + ': ' if title else ''}verification ROC (AUC {auc:.4f})")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_similarity_histograms(curves: Mapping, path: str | None = None, title: str | None = None) -> Figure:
+    """Densities of the cosine similarity of positive (same identity) and negative pairs, on
+    shared bins over [-1, 1], with the best-accuracy threshold as a vertical line. Takes the dict
+    of `training.verification.verification_curves`."""
+    positive = np.asarray(curves["positive_scores"], np.float64)
+    negative = np.asarray(curves["negative_scores"], np.float64)
+    threshold = float(curves["best_threshold"])
+    bins = np.linspace(-1.0, 1.0, 101)
+    figure = _new_figure(8, 4.5)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.hist(positive, bins=bins, density=True, alpha=0.55, color="tab:green",
+              label=f"same identity ({len(positive):,} pairs)")
+    axes.hist(negative, bins=bins, density=True, alpha=0.55, color="tab:red",
+              label=f"different identities ({len(negative):,} pairs)")
+    accuracy = ((positive >= threshold).sum() + (negative < threshold).sum()) / (len(positive) + len(negative))
+    axes.axvline(threshold, color="black", linestyle="--", linewidth=1.2,
+                 label=f"best threshold {threshold:.3f} (accuracy {accuracy:.4f})")
+    axes.set_xlim(-1.0, 1.0)
+    axes.set_xlabel("cosine similarity")
+    axes.set_ylabel("density")
+    axes.set_title(f"{title + ': ' if title else ''}pair similarities")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left")
+    figure.tight_layout()
+    return _save(figure, path)
 
 
 def save_run_plots(model_dir: str, schedule: Callable | None = None, total_steps: int | None = None,

@@ -1,22 +1,17 @@
-"""Every notebook runs end to end, offline and small: the test overrides its parameters cell."""
+"""Every notebook runs end to end, offline and small: the test overrides its parameters cell
+(notebook 04: tests/test_recognition.py, on the run its CLI test trains)."""
 
-import os
 import warnings
 
-import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 from efficientnet_tf.data.pixels import UnitRangeWarning, reset_warnings
 from keras_reference import keras_model, write_legacy_h5
+from notebook_runner import _execute, _load, _text
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = ("01_quickstart.ipynb", "02_transfer_learning.ipynb", "03_export_and_quantize.ipynb")
-
-
-def _load(name):
-    return nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+NOTEBOOKS = ("01_quickstart.ipynb", "02_transfer_learning.ipynb", "03_export_and_quantize.ipynb",
+             "04_recognition.ipynb")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -58,26 +53,6 @@ def test_notebook_helpers_warn_once_about_unit_scaled_images(name, helper, call)
         assert len(unit_warnings) == 1 and str(unit_warnings[0].message).startswith(f"{helper}:")
     finally:
         reset_warnings()
-
-
-def _execute(name, overrides, workdir):
-    notebook = _load(name)
-    (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    cell.source += "\n# overridden by tests/test_notebooks.py\n" + "\n".join(f"{k} = {v!r}" for k, v in overrides.items())
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(workdir)}})
-    client.execute(env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
-    return notebook
-
-
-def _text(notebook):
-    out = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            out.append(output.get("text", "") or str(output.get("data", {}).get("text/plain", "")))
-    text = "\n".join(out)
-    assert "UnitRangeWarning" not in text  # the notebooks feed 0..255 pixels everywhere
-    return text
 
 
 @pytest.mark.slow

@@ -68,6 +68,9 @@ class Source:
     # (split, count) -> examples in each of `count` shards, for sources whose shards are not an
     # even split of the examples (whole files); None: shard i holds examples i, i + count, ...
     _shard_sizes: object = dataclasses.field(default=None, repr=False, compare=False)
+    # Identity-split sources (data.identities): the held-out identities the eval labels number;
+    # empty: the eval split has the training classes.
+    eval_class_names: tuple[str, ...] = ()
 
     def examples(self, split: str, shuffle_files: bool = False, seed: int | None = None,
                  shard: tuple[int, int] | None = None) -> tf.data.Dataset:
@@ -197,15 +200,20 @@ def _percent(fraction: float) -> str:
 # ---------------------------------------------------------------- digits (offline, real data)
 
 
-def digits_split(validation_fraction: float = DIGITS_VALIDATION_FRACTION, seed: int = 0):
-    """(images uint8 [N, 8, 8, 3], labels, train indices, eval indices): stratified, seeded."""
+def digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits as (uint8 RGB images [N, 8, 8, 3] in 0..255, int32 labels)."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # stored as 0..16
-    images = np.repeat(images[..., None], 3, axis=-1)
-    labels = digits.target.astype(np.int32)
+    return np.repeat(images[..., None], 3, axis=-1), digits.target.astype(np.int32)
+
+
+def digits_split(validation_fraction: float = DIGITS_VALIDATION_FRACTION, seed: int = 0):
+    """(images uint8 [N, 8, 8, 3], labels, train indices, eval indices): stratified, seeded."""
+    from sklearn.model_selection import train_test_split
+
+    images, labels = digits_images()
     train_idx, eval_idx = train_test_split(
         np.arange(len(labels)), test_size=validation_fraction, stratify=labels, random_state=seed
     )
@@ -319,17 +327,7 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
     eval_root = os.path.join(root, eval_dir) if eval_dir else None
     eval_files = {cls: _files_under(os.path.join(eval_root, cls)) for cls in _subdirs(eval_root)} if eval_root else {}
 
-    verdicts = check_image_files([p for files in (*train_files.values(), *eval_files.values()) for p in files])
-    bad = sorted((p, reason) for p, reason in verdicts.items() if reason is not None)
-    if bad:
-        listing = "\n  ".join(f"{p}: {reason}" for p, reason in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
-        if on_bad_image == "error":
-            raise ValueError(f"{len(bad)} file(s) in {root} cannot be read as {image_io.SUPPORTED_FORMATS} images "
-                             f"(pass on_bad_image='skip' to leave them out):\n  {listing}")
-        log.warning("skipping %d unreadable file(s) in %s:\n  %s", len(bad), root, listing)
-        bad_paths = {p for p, _ in bad}
-        train_files = {c: [p for p in files if p not in bad_paths] for c, files in train_files.items()}
-        eval_files = {c: [p for p in files if p not in bad_paths] for c, files in eval_files.items()}
+    train_files, eval_files = usable_image_files(root, on_bad_image, train_files, eval_files)
 
     empty = [c for c, files in train_files.items() if not files]
     if empty:
@@ -379,6 +377,22 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
 
     return Source(f"folder:{path}", len(classes), tuple(classes), len(train), len(evaluation),
                   native_size=None, flip_ok=True, _make=make, split_description=description)
+
+
+def usable_image_files(root: str, on_bad_image: str, *files_by_class: dict[str, list[str]]) -> list[dict]:
+    """Each {class: files} without the files the training decoder cannot read: with
+    on_bad_image='error' a ValueError naming them, with 'skip' a warning counting them."""
+    verdicts = check_image_files([p for group in files_by_class for files in group.values() for p in files])
+    bad = sorted((p, reason) for p, reason in verdicts.items() if reason is not None)
+    if not bad:
+        return list(files_by_class)
+    listing = "\n  ".join(f"{p}: {reason}" for p, reason in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+    if on_bad_image == "error":
+        raise ValueError(f"{len(bad)} file(s) in {root} cannot be read as {image_io.SUPPORTED_FORMATS} images "
+                         f"(pass on_bad_image='skip' to leave them out):\n  {listing}")
+    log.warning("skipping %d unreadable file(s) in %s:\n  %s", len(bad), root, listing)
+    bad_paths = {p for p, _ in bad}
+    return [{c: [p for p in files if p not in bad_paths] for c, files in group.items()} for group in files_by_class]
 
 
 def _decode_file(path, label):

@@ -43,11 +43,15 @@ LAYER_ERRORS_PNG = "int8_layer_errors.png"
 
 
 def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Model, dict]:
-    """The newest checkpoint of a run as a float32 Keras model that outputs logits, with the
-    EMA weights when the run kept them (what the papers evaluate), and the run info."""
+    """The newest checkpoint of a run as a float32 Keras model that outputs logits (an embedding
+    run: the L2-normalised embedding, without the loss's class centres), with the EMA weights
+    when the run kept them (what the papers evaluate), and the run info."""
     config, info = load_run(model_dir)
     checkpoint_dir = RunDir(model_dir).checkpoints
     size = int(info["image_size"])
+    recognition = config.recognition
+    head = (dict(include_top=False, embedding_dim=recognition.embedding_dim, embedding_head=recognition.embedding_head)
+            if recognition.embedding else {})
     with dtype_policy("float32"):
         # The run's dropout and drop-connect rates: at 0 the model has no such layers, and the
         # checkpoint's layer numbering follows the layers that exist.
@@ -55,7 +59,7 @@ def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Mode
         network, _ = resolve_weights(config.model.name, config.model.weights)
         model = build_model(network, num_classes=int(info["num_classes"]), input_shape=(size, size, 3),
                             weights=None, classifier_activation=None, dropout_rate=config.model.dropout_rate,
-                            drop_connect_rate=config.model.drop_connect_rate)
+                            drop_connect_rate=config.model.drop_connect_rate, **head)
     decay = config.optimizer.ema_decay
     ema = WeightAverage(model.variables, decay) if decay > 0 else None
     checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))
@@ -72,22 +76,40 @@ def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequenc
                        top_k: int = 5, crop_padding: int = 32, metadata: dict | None = None,
                        logits: bool = True) -> str:
     """Write the SavedModel (+ `labels.txt`, `export.json`) atomically to export_dir."""
-    module = ServingModule(model, class_names, image_size, top_k, crop_padding, logits=logits)
+    module = ServingModule(model, class_names, image_size, top_k, crop_padding, logits=logits,
+                           embedding=is_embedding_model(model))
 
     def build(path):
         tf.saved_model.save(module, path, signatures={SIGNATURE_IMAGES: module.serve_images,
                                                       SIGNATURE_BYTES: module.serve_bytes})
-        with open(os.path.join(path, "labels.txt"), "w") as f:
-            f.write("\n".join(str(n) for n in class_names) + "\n")
+        if not module.embedding:  # an embedding model's training identities are not its outputs
+            with open(os.path.join(path, "labels.txt"), "w") as f:
+                f.write("\n".join(str(n) for n in class_names) + "\n")
         with open(os.path.join(path, "export.json"), "w") as f:
             json.dump(dict(metadata or {}, image_size=image_size, top_k=module.top_k,
+                           outputs=["embedding"] if module.embedding else ["probabilities", "top_k_ids",
+                                                                            "top_k_probabilities", "top_k_names"],
                            signatures=[SIGNATURE_IMAGES, SIGNATURE_BYTES]), f, indent=2)
 
     return replace_directory(build, export_dir)
 
 
+def is_embedding_model(model: keras.Model) -> bool:
+    """Whether `model` ends in a recognition embedding (`build_model(embedding_dim=...)`)."""
+    return any(layer.name == "embedding" for layer in model.layers)
+
+
 def probability_model(model: keras.Model) -> keras.Model:
-    """Logits model -> probabilities (float32): the graph TFLite converts."""
+    """Logits model -> probabilities (float32): the graph TFLite and ONNX convert. An embedding
+    model is converted up to its embedding, before the L2 normalization: TFLite has no 16-bit
+    kernel for its SQUARE op (int16x8 fails), and cosine similarity, what embeddings are
+    compared by, is the same without it."""
+    if is_embedding_model(model):
+        try:
+            unnormalized = model.get_layer("embedding_l2").input
+        except ValueError:
+            return model
+        return functional_model(model.input, unnormalized, f"{model.name}_embedding", max_layers=len(model.layers))
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(model.output)
     return functional_model(model.input, outputs, f"{model.name}_probabilities", max_layers=len(model.layers) + 1)
 
@@ -323,19 +345,66 @@ def agreement_report(model: keras.Model, paths: dict[str, str], images, labels=N
     return report
 
 
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=None, batch_size: int = 32,
+                     num_eval: int | None = None) -> dict[str, dict]:
+    """`agreement_report` for an embedding model: for each exported file, size, I/O types, the
+    mean and minimum cosine similarity of its embedding to the float Keras embedding on all
+    `images` (and the mean on the first `num_eval`), leave-one-out 1-NN retrieval top-1 on those
+    `num_eval` images by their identity `labels` and its change from the float model, and
+    batch-1 latency."""
+    from efficientnet_tf.training.verification import retrieval_top1
+
+    images = np.asarray(images, np.float32)
+    num_eval = len(images) if num_eval is None else num_eval
+    reference = _unit(_predict(model.predict_on_batch, images, batch_size))
+    labels = None if labels is None else np.asarray(labels)[:num_eval]
+    float_retrieval = None if labels is None else retrieval_top1(reference[:num_eval], labels)
+    runners = {name: (OnnxRunner if path.endswith(".onnx") else TFLiteRunner)(path) for name, path in paths.items()}
+    report = {}
+    for name, runner in runners.items():
+        embeddings = _unit(_predict(runner, images, batch_size))
+        cosines = np.sum(embeddings * reference, axis=-1)
+        entry = {"size_bytes": os.path.getsize(paths[name]), "io": runner.io_types,
+                 "mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min()), "images": int(len(images)),
+                 "eval_mean_cosine": float(cosines[:num_eval].mean()), "eval_images": int(num_eval)}
+        if labels is not None:
+            entry["retrieval_top1"] = retrieval_top1(embeddings[:num_eval], labels)
+            entry["retrieval_top1_change"] = entry["retrieval_top1"] - float_retrieval
+        report[name] = entry
+    for name, latency in batch1_latency_ms(runners, images[:20]).items():
+        report[name]["latency_ms_batch1"] = latency
+    if labels is not None:
+        report["keras_float32"] = {"retrieval_top1": float_retrieval, "images": int(num_eval)}
+    return report
+
+
+# (heading, report key, format, width) of each column after model, size and I/O.
+CLASSIFIER_COLUMNS = (("agree", "agreement", ".4f", 7), ("images", "images", "", 7), ("eval", "eval_agreement", ".4f", 7),
+                      ("top-1", "top1", ".4f", 7), ("change", "top1_change", "+.4f", 7),
+                      ("ms/img", "latency_ms_batch1", ".2f", 8))
+EMBEDDING_COLUMNS = (("cos mean", "mean_cosine", ".5f", 8), ("cos min", "min_cosine", ".4f", 8),
+                     ("images", "images", "", 7), ("retrieval", "retrieval_top1", ".4f", 9),
+                     ("change", "retrieval_top1_change", "+.4f", 7), ("ms/img", "latency_ms_batch1", ".2f", 8))
+
+
 def format_report(report: dict[str, dict]) -> str:
     """The report as a table: agreement on all images and on the eval split alone (images the
-    model did not train on), top-1 on the eval split and its change, batch-1 latency."""
-    lines = [f"{'model':<16} {'size':>10} {'I/O':<25} {'agree':>7} {'images':>7} {'eval':>7} {'top-1':>7} "
-             f"{'change':>7} {'ms/img':>8}"]
+    model did not train on), top-1 on the eval split and its change, batch-1 latency; for an
+    embedding model, the cosine to the float embedding (mean, minimum) on all images and the
+    held-out retrieval top-1 and its change instead."""
+    embedding = any("retrieval_top1" in entry or "mean_cosine" in entry for entry in report.values())
+    columns = EMBEDDING_COLUMNS if embedding else CLASSIFIER_COLUMNS
+    lines = [f"{'model':<16} {'size':>10} {'I/O':<25} " + " ".join(f"{head:>{width}}" for head, _, _, width in columns)]
     for name, entry in report.items():
-        def cell(key, spec):
-            return format(entry[key], spec) if key in entry else "-"
-
         size = f"{entry['size_bytes'] / 1e6:.2f} MB" if "size_bytes" in entry else "-"
-        lines.append(f"{name:<16} {size:>10} {entry.get('io', 'float32'):<25} {cell('agreement', '.4f'):>7} "
-                     f"{entry.get('images', ''):>7} {cell('eval_agreement', '.4f'):>7} {cell('top1', '.4f'):>7} "
-                     f"{cell('top1_change', '+.4f'):>7} {cell('latency_ms_batch1', '.2f'):>8}")
+        cells = (format(entry[key], spec) if key in entry else ("" if key == "images" else "-")
+                 for _, key, spec, _ in columns)
+        lines.append(f"{name:<16} {size:>10} {entry.get('io', 'float32'):<25} "
+                     + " ".join(f"{cell:>{width}}" for cell, (_, _, _, width) in zip(cells, columns)))
     return "\n".join(lines)
 
 
@@ -393,10 +462,11 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
     config.validate()
     tflite = config.tflite
     model, info = load_trained_model(model_dir, use_ema=use_ema)
+    embedding = is_embedding_model(model)
     export_dir = config.export_dir or RunDir(model_dir).export
     size = int(info["image_size"])
     report = {"model": info["model"], "dataset": info["dataset"], "checkpoint": info["checkpoint"], "ema": info["ema"],
-              "image_size": size}
+              "image_size": size, "task": "embedding" if embedding else "classification"}
     representative = check = search = None
     if tflite or config.onnx:
         run_config, _ = load_run(model_dir)
@@ -423,7 +493,8 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
             if "onnx" not in failed:
                 paths["onnx"] = os.path.join(path, "model.onnx")
         if paths:
-            compared = agreement_report(model, paths, check.images, check.eval_labels, num_eval=check.num_eval)
+            compare = embedding_report if embedding else agreement_report
+            compared = compare(model, paths, check.images, check.eval_labels, num_eval=check.num_eval)
             if "onnx" in compared:
                 report["onnx"] = dict(compared.pop("onnx"), opset=ONNX_OPSET)
             if tflite:
@@ -478,10 +549,16 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
         report["int8_layer_errors"] = [e.as_dict() for e in errors]
         kept = ()
         if "int8_selective" in formats:
-            reference = _predict(model.predict_on_batch, search).argmax(-1)
-
-            def agreement(content: bytes) -> float:
-                return float(np.mean(_predict(TFLiteRunner(content), search).argmax(-1) == reference))
+            reference = _predict(model.predict_on_batch, search)
+            if is_embedding_model(model):
+                # An embedding has no top-1 to agree on: the search's measure is the mean cosine
+                # similarity to the float embedding.
+                def agreement(content: bytes) -> float:
+                    embeddings = _unit(_predict(TFLiteRunner(content), search))
+                    return float(np.mean(np.sum(embeddings * _unit(reference), axis=-1)))
+            else:
+                def agreement(content: bytes) -> float:
+                    return float(np.mean(_predict(TFLiteRunner(content), search).argmax(-1) == reference.argmax(-1)))
 
             chosen = _attempt(failed, "int8_selective", lambda: selective_int8(
                 calibration, agreement, config.int8_target_agreement))

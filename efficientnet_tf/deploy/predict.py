@@ -29,6 +29,11 @@ def read_image_bytes(path: str) -> bytes:
     return data
 
 
+_EMBEDDING_MODEL = ("{what} is a recognition embedding model: it has no classes to predict. Its SavedModel export "
+                    "returns the L2-normalised embedding (output 'embedding'); compare two images by the cosine "
+                    "similarity of their embeddings (docs/recognition.md)")
+
+
 class Predictor:
     """Top-k predictions for image files (encoded bytes, decoded in the serving graph) or for
     in-memory images (any size, RGB 0..255; cropped and resized as the eval pipeline does)."""
@@ -60,6 +65,8 @@ class Predictor:
             raise ValueError(f"SavedModel {path!r} has no {SIGNATURE_BYTES!r} signature (signatures: "
                              f"{', '.join(loaded.signatures)}); export it with efficientnet_tf")
         signature = loaded.signatures[SIGNATURE_BYTES]
+        if "embedding" in signature.structured_outputs:
+            raise ValueError(_EMBEDDING_MODEL.format(what=f"SavedModel {path!r}"))
         serve_images = image_size = None
         if SIGNATURE_IMAGES in loaded.signatures:
             images_signature = loaded.signatures[SIGNATURE_IMAGES]
@@ -75,7 +82,10 @@ class Predictor:
     @classmethod
     def from_run(cls, model_dir: str, top_k: int = 5) -> Predictor:
         from efficientnet_tf.deploy.export import load_trained_model
+        from efficientnet_tf.training.rundir import load_run
 
+        if load_run(model_dir)[0].recognition.embedding:
+            raise ValueError(_EMBEDDING_MODEL.format(what=f"run {model_dir!r}"))
         model, info = load_trained_model(model_dir)
         return cls.from_model(model, info["class_names"], int(info["image_size"]), top_k,
                               description=f"{info['model']} from {info['checkpoint']}"

@@ -19,17 +19,22 @@ SIGNATURE_BYTES = "serving_bytes"
 
 
 class ServingModule(tf.Module):
-    """The model with its serving signatures; `tf.saved_model.save` writes it."""
+    """The model with its serving signatures; `tf.saved_model.save` writes it. A classifier's
+    signatures return probabilities and the top-k classes; with `embedding`, the model's
+    L2-normalised embedding (key "embedding") and no classes."""
 
     def __init__(self, model: keras.Model, class_names: Sequence[str], image_size: int, top_k: int = 5,
-                 crop_padding: int = 32, logits: bool = True):
+                 crop_padding: int = 32, logits: bool = True, embedding: bool = False):
         super().__init__(name="efficientnet_serving")
-        if len(class_names) != model.output_shape[-1]:
+        self.embedding = embedding
+        if embedding:
+            class_names = ()
+        elif len(class_names) != model.output_shape[-1]:
             raise ValueError(f"{len(class_names)} class names for a model with {model.output_shape[-1]} outputs")
         self.model = model
         self.class_names = tf.constant([str(n) for n in class_names])
         self.image_size = int(image_size)
-        self.top_k = min(int(top_k), len(class_names))
+        self.top_k = min(int(top_k), len(class_names)) if not embedding else 0
         self.crop_padding = crop_padding
         self.from_logits = logits
         size = self.image_size
@@ -40,6 +45,8 @@ class ServingModule(tf.Module):
 
     def _outputs(self, outputs):
         outputs = tf.cast(outputs, tf.float32)
+        if self.embedding:
+            return {"embedding": tf.math.l2_normalize(outputs, axis=-1)}
         probabilities = tf.nn.softmax(outputs) if self.from_logits else outputs
         top = tf.math.top_k(probabilities, k=self.top_k)
         return {"probabilities": probabilities, "top_k_ids": top.indices, "top_k_probabilities": top.values,

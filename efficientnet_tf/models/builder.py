@@ -241,6 +241,7 @@ def build_efficientnet(
     classifier_activation: str | None = "softmax",
     embedding_dim: int | None = None,
     l2_normalize_embedding: bool = True,
+    embedding_head: str = "gap",
 ) -> keras.Model:
     """Build the functional model a `ModelConfig` describes, with random weights.
 
@@ -260,8 +261,10 @@ def build_efficientnet(
             linearly from 0); None: the config's.
         bn_momentum: moving-average momentum of every BatchNormalization; None: the config's.
         classifier_activation: 'softmax', None (logits) or any Keras activation.
-        embedding_dim: without the top: a Dense embedding of this size after pooling.
+        embedding_dim: without the top: a Dense embedding of this size (see `embedding_head`).
         l2_normalize_embedding: unit-normalize that embedding.
+        embedding_head: 'gap' (average pooling, dropout, Dense) or 'flatten' (BN, dropout,
+            flatten of the last feature map, Dense, BN: iResNet's "E" output; fixed input size).
 
     Returns:
         A keras.Model named `config.name`.
@@ -315,25 +318,50 @@ def build_efficientnet(
             dtype="float32",
             name="predictions",
         )(x)
+    elif embedding_dim:
+        x = _embedding_head(x, embedding_head, embedding_dim, dropout_rate, style)
+        if l2_normalize_embedding:
+            x = layers.UnitNormalization(axis=-1, name="embedding_l2", dtype="float32")(x)
     else:
-        if pooling == "avg" or (embedding_dim and pooling is None):
+        if pooling == "avg":
             x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         elif pooling == "max":
             x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-        if embedding_dim:
-            if dropout_rate > 0:
-                x = layers.Dropout(dropout_rate, name="top_dropout")(x)
-            x = layers.Dense(
-                embedding_dim,
-                kernel_initializer=DENSE_KERNEL_INITIALIZER,
-                dtype="float32",
-                name="embedding",
-            )(x)
-            if l2_normalize_embedding:
-                x = layers.UnitNormalization(axis=-1, name="embedding_l2", dtype="float32")(x)
     model = functional_model(inputs, x, config.name, max_layers=_MAX_LAYERS_PER_BLOCK * (len(plan) + 2))
     _set_feature_info(model, sorted(features.values(), key=lambda info: info.stride))
     return model
+
+
+def _embedding_head(x, head: str, embedding_dim: int, dropout_rate: float, style: BlockStyle):
+    """The embedding from the last feature map, before any normalization."""
+    if head == "gap":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    else:
+        # iResNet's "E" output: every position keeps its own weights (no pooling), and the final
+        # BN has no learned scale, as in insightface's recognition backbones.
+        x = batch_norm(x, "embedding_feature_bn", style.bn_momentum, style.bn_epsilon)
+    if dropout_rate > 0:
+        x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+    if head == "flatten":
+        x = layers.Flatten(name="embedding_flatten")(x)
+    x = layers.Dense(embedding_dim, kernel_initializer=DENSE_KERNEL_INITIALIZER, dtype="float32", name="embedding")(x)
+    if head == "flatten":
+        x = layers.BatchNormalization(momentum=style.bn_momentum, epsilon=style.bn_epsilon, scale=False,
+                                      dtype="float32", name="embedding_bn")(x)
+    return x
+
+
+
+EMBEDDING_HEADS = ("gap", "flatten")
+
+
+def check_embedding_head(head: str, input_shape) -> None:
+    """ValueError (one line) for an unknown head, or a flatten head without a fixed input size."""
+    if head not in EMBEDDING_HEADS:
+        raise ValueError(f"embedding_head must be one of {', '.join(EMBEDDING_HEADS)}, got {head!r}")
+    if head == "flatten" and None in tuple(input_shape)[:2]:
+        raise ValueError(f"embedding_head='flatten' flattens a feature map of fixed size: it needs a fixed "
+                         f"input_shape such as (112, 112, 3), got {tuple(input_shape)}")
 
 
 def build_model(
@@ -349,6 +377,7 @@ def build_model(
     classifier_activation: str | None = "softmax",
     embedding_dim: int | None = None,
     l2_normalize_embedding: bool = True,
+    embedding_head: str = "gap",
 ) -> keras.Model:
     """Build a registered EfficientNet, optionally with pretrained weights.
 
@@ -373,8 +402,13 @@ def build_model(
         drop_connect_rate: stochastic depth rate of the last block; None: the variant's (0.2).
         bn_momentum: BatchNormalization momentum; None: the variant's.
         classifier_activation: 'softmax' (default), None for logits, or any Keras activation.
-        embedding_dim: with `include_top=False`: add a Dense embedding of this size.
+        embedding_dim: with `include_top=False`: add an embedding of this size (a recognition
+            backbone: the output is the L2-normalized embedding).
         l2_normalize_embedding: unit-normalize that embedding.
+        embedding_head: how the embedding is made from the last feature map (docs/recognition.md):
+            'gap': average pooling, dropout, Dense (B0: 0.66M parameters at 512-d);
+            'flatten': BN, dropout, flatten, Dense, BN, iResNet's "E" output (B0 at 112x112:
+            10.5M parameters at 512-d), which needs a fixed `input_shape`.
 
     Returns:
         A functional keras.Model with keras.applications' layer names and `feature_info`.
@@ -391,6 +425,7 @@ def build_model(
         if include_top:
             raise ValueError("embedding_dim needs include_top=False (the embedding replaces the classifier)")
         embedding_dim = _positive_int(embedding_dim, "embedding_dim")
+        check_embedding_head(embedding_head, _input_shape(config, input_shape))
     model = build_efficientnet(
         config,
         num_classes=num_classes,
@@ -403,6 +438,7 @@ def build_model(
         classifier_activation=classifier_activation,
         embedding_dim=embedding_dim,
         l2_normalize_embedding=l2_normalize_embedding,
+        embedding_head=embedding_head,
     )
     if weights is not None:
         from efficientnet_tf.models.weights import load_weights  # keeps h5py off the import path

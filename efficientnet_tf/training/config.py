@@ -18,12 +18,15 @@ from typing import Any
 
 from efficientnet_tf import settings
 from efficientnet_tf.data.config import SMALL_IMAGE, AugmentConfig, DataConfig
+from efficientnet_tf.models.builder import EMBEDDING_HEADS
 from efficientnet_tf.models.configs import get_config
 from efficientnet_tf.models.official import family_for
 from efficientnet_tf.settings import SettingError, section, setting
+from efficientnet_tf.training.margin import DEFAULT_MARGINS, DEFAULT_SCALE, MARGIN_LOSSES, check_margin
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("exponential", "cosine", "constant")
+TASKS = ("classification", "embedding")
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
 # tensorflow/tpu's EfficientNet ImageNet run: 350 epochs, 5 warmup, x0.97 every 2.4 (docs/training.md).
 PAPER_EPOCHS, PAPER_WARMUP_EPOCHS, PAPER_DECAY_EPOCHS, PAPER_DECAY_RATE = 350, 5.0, 2.4, 0.97
@@ -162,10 +165,49 @@ class RunConfig:
                f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
 
-def default_model_dir(model: str, dataset: str) -> str:
-    """runs/MODEL-DATASET, with the characters of folder: paths and tfrecord: globs made safe
-    for a directory name."""
-    return os.path.join("runs", f"{model}-{re.sub(r'[^A-Za-z0-9._-]', '_', dataset)}")
+@dataclasses.dataclass(frozen=True)
+class RecognitionConfig:
+    """What the network learns: a classifier (the default) or a recognition embedding."""
+
+    task: str = setting("classification", "classification: a classifier over the dataset's classes. embedding: a "
+                        "recognition backbone (an L2-normalised embedding trained with a margin loss on some "
+                        "identities, evaluated by verification and retrieval on held-out ones; docs/recognition.md).",
+                        choices=TASKS)
+    loss: str = setting("arcface", "Embedding task: arcface, cosface, or softmax (a plain classifier on the "
+                        "embedding, the baseline).", choices=MARGIN_LOSSES)
+    embedding_dim: int = setting(512, "Embedding task: the embedding's size.")
+    embedding_head: str = setting("gap", "Embedding task: gap (average pooling, dropout, Dense) or flatten "
+                                  "(iResNet's: BN, dropout, flatten of the last feature map, Dense, BN; one fixed "
+                                  "image size).", choices=EMBEDDING_HEADS)
+    margin: float | None = setting(None, "Embedding task: the margin, in [0, pi/2): arcface's angle (default 0.5), "
+                                   "cosface's cosine (default 0.35).")
+    margin_scale: float = setting(DEFAULT_SCALE, "Embedding task: the scale s of arcface/cosface logits.")
+    held_out_identities: float | None = setting(
+        None, "Embedding task: share of the identities held out (seeded) for evaluation; default: digits 7, 8, 9, "
+        "folders 0.2.")
+
+    @property
+    def embedding(self) -> bool:
+        return self.task == "embedding"
+
+    def validate(self) -> None:
+        if not self.embedding:
+            return
+        _check(self.embedding_dim >= 1, "embedding_dim", f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        try:
+            check_margin(self.loss, DEFAULT_MARGINS[self.loss] if self.margin is None else self.margin,
+                         self.margin_scale)
+        except ValueError as err:
+            raise SettingError("margin_scale" if "scale" in str(err) else "margin", str(err)) from None
+        _check(self.held_out_identities is None or 0 < self.held_out_identities < 1, "held_out_identities",
+               f"held_out_identities must be a share in (0, 1), got {self.held_out_identities}")
+
+
+def default_model_dir(model: str, dataset: str, task: str = "classification") -> str:
+    """runs/MODEL-DATASET (the embedding task: runs/MODEL-DATASET-embedding), with the characters
+    of folder: paths and tfrecord: globs made safe for a directory name."""
+    suffix = "" if task == "classification" else f"-{task}"
+    return os.path.join("runs", f"{model}-{re.sub(r'[^A-Za-z0-9._-]', '_', dataset)}{suffix}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +221,7 @@ class TrainConfig:
     augment: AugmentConfig = section(AugmentConfig)
     progressive: ProgressiveConfig = section(ProgressiveConfig)
     run: RunConfig = section(RunConfig)
+    recognition: RecognitionConfig = section(RecognitionConfig)
 
     @classmethod
     def from_settings(cls, **values: Any) -> TrainConfig:
@@ -203,8 +246,8 @@ class TrainConfig:
 
     @property
     def model_dir(self) -> str:
-        """The run directory: `run.model_dir`, else runs/MODEL-DATASET."""
-        return self.run.model_dir or default_model_dir(self.model.name, self.data.dataset)
+        """The run directory: `run.model_dir`, else runs/MODEL-DATASET (-embedding for that task)."""
+        return self.run.model_dir or default_model_dir(self.model.name, self.data.dataset, self.recognition.task)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -217,13 +260,34 @@ class TrainConfig:
     def validate(self) -> None:
         """Reject bad values before any work starts: `SettingError` naming the setting."""
         settings.check_choices(self)
-        for part in (self.model, self.data, self.optimizer, self.augment, self.progressive, self.run):
+        for part in (self.model, self.data, self.optimizer, self.augment, self.progressive, self.run,
+                     self.recognition):
             part.validate()
+        if self.recognition.embedding:
+            self._validate_embedding()
         epochs = self.run.epochs
         _check(self.progressive.stages <= epochs, "progressive",
                f"progressive ({self.progressive.stages} stages) cannot exceed epochs ({epochs})")
         _check(self.model.finetune_epochs < epochs, "finetune_epochs",
                f"finetune_epochs ({self.model.finetune_epochs}) must be < epochs ({epochs})")
+
+    def _validate_embedding(self) -> None:
+        from efficientnet_tf.data.identities import IDENTITY_DATASETS
+
+        dataset = self.data.dataset
+        _check(dataset == "digits" or dataset.startswith("folder:"), "dataset",
+               f"the embedding task reads identities from {' or '.join(IDENTITY_DATASETS)}, got {dataset!r}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            _check(getattr(self.augment, name) == 0, name, f"{name} mixes two images' labels; the embedding task "
+                   f"trains on identity ids: set {name} to 0")
+        _check(self.data.eval_dataset is None, "eval_dataset",
+               "the embedding task evaluates on its own held-out identities; eval_dataset applies to classification")
+        if self.recognition.embedding_head == "flatten":
+            one_size = self.progressive.stages <= 1 and (self.data.train_image_size is None
+                                                          or self.data.train_image_size == self.data.image_size)
+            _check(one_size, "embedding_head", "embedding_head=flatten flattens a feature map of one fixed size: "
+                   "train and evaluate at one image size (no progressive learning, train_image_size unset or equal "
+                   "to image_size)")
 
     def schedule_epochs(self) -> tuple[float, float]:
         """(warmup, decay period) in epochs. Unset, they keep the papers' schedule *shape*:
@@ -275,9 +339,13 @@ class TrainConfig:
     def load_source(self, on_bad_image: str | None = None, download: bool = True, class_names=None):
         """The run's dataset (`data.sources.Source`), with the same seeded split every time
         (`class_names`: tfrecord datasets, instead of class_names_file's)."""
+        from efficientnet_tf.data.identities import identity_source
         from efficientnet_tf.data.sources import get_source
 
         data = self.data
+        if self.recognition.embedding:
+            return identity_source(data.dataset, self.recognition.held_out_identities, seed=self.run.seed or 0,
+                                   on_bad_image=on_bad_image or data.on_bad_image)
         return get_source(data.dataset, data.data_dir, validation_fraction=data.validation_fraction,
                           seed=self.run.seed or 0, on_bad_image=on_bad_image or data.on_bad_image,
                           download=download, label_key=data.label_key, eval_dataset=data.eval_dataset,
@@ -291,5 +359,10 @@ class TrainConfig:
         from efficientnet_tf.data.sources import peek_dataset
 
         data = self.data
+        if self.recognition.embedding:
+            if data.dataset != "digits":
+                return None, None  # a folder: any size, and opening it checks every file
+            source = self.load_source()
+            return source.native_size, source.num_train
         return peek_dataset(data.dataset, data.data_dir, validation_fraction=data.validation_fraction,
                             seed=self.run.seed or 0, label_key=data.label_key)

@@ -26,9 +26,10 @@ from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, p
 from efficientnet_tf.data.sources import Source
 from efficientnet_tf.models.builder import build_model
 from efficientnet_tf.models.scopes import dtype_policy, random_seed
-from efficientnet_tf.training import distribute
+from efficientnet_tf.training import distribute, verification
 from efficientnet_tf.training.config import TrainConfig
 from efficientnet_tf.training.ema import WeightAverage
+from efficientnet_tf.training.margin import ClassCentres, sparse_smoothed_cross_entropy
 from efficientnet_tf.training.optim import l2_loss, make_optimizer
 from efficientnet_tf.training.checkpoints import repair_state_file, restore_newest_readable
 from efficientnet_tf.training.errors import TrainingDiverged, TrainingInterrupted
@@ -37,7 +38,8 @@ from efficientnet_tf.training.plan import plan_run
 from efficientnet_tf.training.stages import Stage, augmented_batch, stage_pipeline
 
 log = logging.getLogger(__name__)
-HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool")
+HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool", "embedding_feature_bn", "embedding_flatten", "embedding",
+               "embedding_bn", "embedding_l2")
 
 
 class Trainer:
@@ -97,12 +99,18 @@ class Trainer:
         self.dropout_rate = self.plan.dropout_rate
         self.stages = list(self.plan.stages)
         self.base_lr = self.plan.base_lr
-        self.one_hot = config.optimizer.label_smoothing > 0 or config.augment.mixes_labels or (
-            config.progressive.stages > 1 and (config.progressive.max_mixup or 0) > 0)
+        recognition = config.recognition
+        self.embedding = recognition.embedding
+        # The embedding task keeps class ids (its loss smooths labels without a one-hot).
+        self.one_hot = not self.embedding and (
+            config.optimizer.label_smoothing > 0 or config.augment.mixes_labels or (
+                config.progressive.stages > 1 and (config.progressive.max_mixup or 0) > 0))
         self.sync_bn = network.sync_batch_norm if network.sync_batch_norm is not None else self.replicas > 1
 
         variable_size = len({s.image_size for s in self.stages} | {self.image_size}) > 1
         with self.strategy.scope(), dtype_policy(self.policy), random_seed(config.run.seed):
+            head = (dict(include_top=False, embedding_dim=recognition.embedding_dim,
+                         embedding_head=recognition.embedding_head) if self.embedding else {})
             self.model = build_model(
                 config.model.name,
                 num_classes=self.source.num_classes,
@@ -112,7 +120,15 @@ class Trainer:
                 drop_connect_rate=config.model.drop_connect_rate,
                 bn_momentum=self.bn_momentum,
                 classifier_activation=None,  # logits: float32 loss, softmax at export
+                **head,
             )
+            # The embedding task's class centres belong to the loss: trained and checkpointed
+            # with the run, never part of the exported model.
+            self.centres = None
+            if self.embedding:
+                self.centres = ClassCentres(self.source.num_classes, recognition.loss, recognition.margin,
+                                            recognition.margin_scale, name="class_centres")
+                self.centres.build((None, recognition.embedding_dim))
             if self.sync_bn:
                 for layer in self.model.layers:
                     if isinstance(layer, keras.layers.BatchNormalization):
@@ -122,7 +138,7 @@ class Trainer:
             self.optimizer = make_optimizer(
                 config.optimizer.name, lambda: self.schedule(self._optimizer_steps()) * self.lr_scale,
                 weight_decay=config.optimizer.weight_decay, loss_scale=self.policy == "mixed_float16")
-            self.optimizer.build(self.model.trainable_variables)
+            self.optimizer.build(self.model.trainable_variables + self._loss_variables())
             ema_decay = config.optimizer.ema_decay
             self.ema = WeightAverage(self.model.variables, ema_decay) if ema_decay > 0 else None
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -137,7 +153,8 @@ class Trainer:
         self._stop_vote = None  # a tf.function: the workers' sum of "I was signalled"
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                               epoch_step=self.epoch_step, epoch_sums=self.epoch_sums,
-                                              **({"ema": self.ema} if self.ema is not None else {}))
+                                              **({"ema": self.ema} if self.ema is not None else {}),
+                                              **({"centres": self.centres} if self.centres is not None else {}))
         self.checkpoint_dir = self._checkpoint_dir()
         if self.chief and not overwrite:
             repair_state_file(self.checkpoint_dir)  # a garbage state file would stop the manager
@@ -169,18 +186,31 @@ class Trainer:
     def _pipeline(self, stage: Stage, training: bool) -> PipelineConfig:
         return stage_pipeline(self.config, stage, training, self.one_hot)
 
+    def _loss_variables(self) -> list:
+        return list(self.centres.trainable_variables) if self.centres is not None else []
+
     def _trainable_variables(self, stage: Stage):
         if not stage.frozen:
-            return self.model.trainable_variables
-        return [v for layer in self.model.layers if layer.name in HEAD_LAYERS for v in layer.trainable_variables]
+            return self.model.trainable_variables + self._loss_variables()
+        return [v for layer in self.model.layers if layer.name in HEAD_LAYERS
+                for v in layer.trainable_variables] + self._loss_variables()
 
     def _set_frozen(self, frozen: bool) -> None:
         for layer in self.model.layers:
             if layer.name not in HEAD_LAYERS and layer.weights:
                 layer.trainable = not frozen  # frozen BN layers run in inference mode (Keras 3)
 
+    def _logits(self, images, labels, training: bool):
+        """(logits the loss takes, logits whose argmax is the prediction)."""
+        outputs = self.model(images, training=training)
+        if self.centres is None:
+            return outputs, outputs
+        return self.centres(outputs, labels)
+
     def _loss(self, labels, logits):
         logits = tf.cast(logits, tf.float32)
+        if self.embedding:
+            return sparse_smoothed_cross_entropy(labels, logits, self.config.optimizer.label_smoothing)
         if self.one_hot:
             per_example = keras.losses.categorical_crossentropy(
                 labels, logits, from_logits=True, label_smoothing=self.config.optimizer.label_smoothing)
@@ -205,7 +235,7 @@ class Trainer:
 
         def step(images, labels):
             with tf.GradientTape() as tape:
-                logits = self.model(images, training=True)
+                logits, predicted = self._logits(images, labels, training=True)
                 per_example = self._loss(labels, logits)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 loss += l2_loss(variables, weight_decay) / self.replicas
@@ -213,7 +243,7 @@ class Trainer:
             grads = tape.gradient(scaled, variables)
             self.optimizer.apply(grads, variables)
             batch_loss = tf.reduce_sum(per_example) / global_batch
-            return batch_loss, tf.reduce_sum(self._correct(labels, logits))
+            return batch_loss, tf.reduce_sum(self._correct(labels, predicted))
 
         return tf.function(step, jit_compile=self.jit_compile)
 
@@ -309,6 +339,8 @@ class Trainer:
                 self.save_plots()
             self._cleanup_worker_dir()
             return None
+        if self.embedding:
+            return self._final_embedding_report()
         report = self.evaluate(confusion=True)
         confusion = report.pop("confusion_matrix")
         if self.chief:
@@ -321,16 +353,39 @@ class Trainer:
         self._cleanup_worker_dir()
         return report
 
+    def _final_embedding_report(self) -> dict:
+        report = self.evaluate_embeddings(curves=True)
+        curves = report.pop("curves")
+        if self.chief:
+            self.run_dir.write_eval_report(report)
+            self._print(f"final eval on {report['identities']} held-out identities ({'EMA weights' if self.ema else 'weights'}): "
+                        f"retrieval top-1 {report['retrieval_top1']:.4f}, ROC AUC {report['roc_auc']:.4f}, TAR@FAR=1e-3 "
+                        f"{report['tar_at_far_1e-3']:.4f}, TAR@FAR=1e-2 {report['tar_at_far_1e-2']:.4f}, best threshold "
+                        f"accuracy {report['best_accuracy']:.4f} at cosine {report['best_threshold']:.3f}")
+            written = self.save_plots(curves=curves)
+            if written:
+                self._print(f"plots: {', '.join(os.path.basename(p) for p in written)} in {self.run_dir.path}")
+        self._cleanup_worker_dir()
+        return report
+
     def augmented_batch(self, count: int = 32, stage: Stage | None = None):
         """(images, labels) exactly as the training pipeline feeds them (first stage by default)."""
         return augmented_batch(self.source, self._pipeline(stage or self.stages[0], True), count)
 
-    def save_plots(self, confusion: np.ndarray | None = None) -> list[str]:
-        """History, LR schedule, progressive stages, confusion matrix and augmented images as PNGs."""
+    def save_plots(self, confusion: np.ndarray | None = None, curves: dict | None = None) -> list[str]:
+        """History, LR schedule, progressive stages, confusion matrix and augmented images as PNGs;
+        the embedding task's ROC curve and similarity histograms from `curves`."""
         from efficientnet_tf import plots
 
         try:
-            return self._draw_plots(plots, confusion)
+            written = self._draw_plots(plots, confusion)
+            if curves is not None:
+                for draw, name in ((plots.plot_roc, plots.ROC_PNG), (plots.plot_similarity_histograms,
+                                                                     plots.SIMILARITY_PNG)):
+                    path = self.run_dir.file(name)
+                    draw(curves, path, title=f"{self.config.model.name}: held-out identities")
+                    written.append(path)
+            return written
         except (OSError, ValueError, RuntimeError) as err:  # a figure must not fail a finished run
             log.warning("plots not written (%s: %s)", type(err).__name__, err)
             return []
@@ -362,6 +417,7 @@ class Trainer:
             split=getattr(self.source, "split_description", ""),
             steps_per_epoch=self.steps_per_epoch,
             base_lr=self.base_lr,
+            **({"eval_identities": list(self.source.eval_class_names)} if self.embedding else {}),
             **({"resumes": resumes} if resumes else {}),
         ))
 
@@ -428,13 +484,11 @@ class Trainer:
         self.epoch_step.assign(0)
         self.epoch_sums.assign([0.0, 0.0])
         # Validation at the evaluation size, like the final report: what the exported model will see.
-        val = self.evaluate() if validate else {"top1": float("nan"), "loss": float("nan")}
         row = {
             "epoch": epoch,
             "accuracy": round(correct_sum / (done * self.config.run.batch_size), 6),
             "loss": round(loss_sum / done, 6),
-            "val_accuracy": round(val["top1"], 6),
-            "val_loss": round(val["loss"], 6),
+            **self._validation_columns(self.evaluate() if validate else None),
             "lr": self._last_step_lr(),
             "stage": stage.index,
             "image_size": stage.image_size,
@@ -443,10 +497,23 @@ class Trainer:
             "mixup_alpha": round(stage.mixup_alpha, 4),
             "images_per_sec": round((done - first) * self.config.run.batch_size / elapsed, 1),
         }
-        self._print(f"epoch {epoch + 1}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
-                    f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} lr {row['lr']:.3g} "
-                    f"({row['images_per_sec']:.0f} images/s)")
+        validation = (f"held-out retrieval top-1 {row['val_accuracy']:.4f} ROC AUC {row['val_roc_auc']:.4f} "
+                      f"TAR@FAR=1e-2 {row['val_tar_at_far_1e-2']:.4f}" if self.embedding else
+                      f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f}")
+        self._print(f"epoch {epoch + 1}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} {validation} "
+                    f"lr {row['lr']:.3g} ({row['images_per_sec']:.0f} images/s)")
         return row
+
+    def _validation_columns(self, val: dict | None) -> dict:
+        """history.csv's validation columns; the embedding task's val_accuracy is held-out
+        retrieval top-1 (it has no loss on identities it never trained on)."""
+        if not self.embedding:
+            val = val or {"top1": float("nan"), "loss": float("nan")}
+            return {"val_accuracy": round(val["top1"], 6), "val_loss": round(val["loss"], 6)}
+        keys = ("roc_auc", "tar_at_far_1e-3", "tar_at_far_1e-2")
+        val = val or dict.fromkeys(("retrieval_top1",) + keys, float("nan"))
+        return {"val_accuracy": round(val["retrieval_top1"], 6), "val_loss": float("nan"),
+                **{f"val_{key}": round(val[key], 6) for key in keys}}
 
     def _save_within_epoch(self, epoch: int, done: int, loss_sum: float, correct_sum: float) -> None:
         """A checkpoint after step `done` of the epoch, with the epoch's running sums: a resume
@@ -534,7 +601,10 @@ class Trainer:
         """Top-1/top-5/loss on `split` ('eval', or 'train': the training images, preprocessed for
         evaluation) at `image_size` (default: the run's evaluation size), with the EMA weights
         when the run keeps them; with `confusion`, also the confusion matrix (rows: true class)
-        as a numpy array."""
+        as a numpy array. The embedding task: verification and retrieval instead
+        (`evaluate_embeddings`)."""
+        if self.embedding:
+            return self.evaluate_embeddings(image_size, split)
         size = image_size or self.image_size
         stage = dataclasses.replace(self.stages[-1], image_size=size)
         # Full batches padded with zero-weight examples: static shapes (TPU), the same number of
@@ -565,6 +635,53 @@ class Trainer:
                   "images_per_sec": count / max(elapsed, 1e-9)}
         if confusion:
             report["confusion_matrix"] = matrix
+        return report
+
+    def embeddings(self, split: str = "eval", image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(L2-normalised embeddings [N, D], identity labels [N]) of every image of `split`
+        (eval: the held-out identities), with the EMA weights when the run keeps them."""
+        stage = dataclasses.replace(self.stages[-1], image_size=image_size or self.image_size)
+        dataset = distributed_dataset(self.strategy, self.source, self._pipeline(stage, False), training=False,
+                                      split=split)
+        if "embeddings" not in self._eval_fns:
+            strategy = self.strategy
+
+            def step(images, labels, weights):
+                return tf.cast(self.model(images, training=False), tf.float32), labels, weights
+
+            @tf.function
+            def run(images, labels, weights):
+                # Every replica's (and worker's) batch, gathered: the metrics need all pairs.
+                return [strategy.gather(r, axis=0) for r in strategy.run(step, args=(images, labels, weights))]
+
+            self._eval_fns["embeddings"] = run
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            embeddings, labels = [], []
+            for images, batch_labels, weights in dataset:
+                batch_embeddings, batch_labels, weights = (t.numpy() for t in self._eval_fns["embeddings"](
+                    images, batch_labels, weights))
+                real = weights > 0  # padding of the last batch
+                embeddings.append(batch_embeddings[real])
+                labels.append(batch_labels[real])
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
+        return np.concatenate(embeddings), np.concatenate(labels).astype(np.int64)
+
+    def evaluate_embeddings(self, image_size: int | None = None, split: str = "eval", curves: bool = False) -> dict:
+        """Verification over all positive pairs and a seeded sample of negative pairs (ROC AUC,
+        TAR at FAR 1e-3 and 1e-2, best threshold accuracy) and leave-one-out 1-NN retrieval by
+        cosine, on `split`'s identities (eval: held out from training); with `curves`, also
+        what the ROC and similarity plots draw (key "curves")."""
+        start = time.perf_counter()
+        embeddings, labels = self.embeddings(split, image_size)
+        elapsed = time.perf_counter() - start
+        report, curve_data = verification.evaluate_embeddings(embeddings, labels, seed=self.config.run.seed or 0)
+        report.update(images=int(len(labels)), images_per_sec=len(labels) / max(elapsed, 1e-9))
+        if curves:
+            report["curves"] = curve_data
         return report
 
     def _make_eval_fn(self, confusion: bool):

@@ -56,7 +56,8 @@ IDENTITY_SETTINGS = ("model", "dataset", "label_key", "validation_fraction", "se
                      "train_image_size", "batch_size", "steps_per_epoch", "optimizer", "ema_decay", "mixed_precision",
                      "freeze_backbone", "finetune_epochs", "progressive", "progressive_min_size",
                      "progressive_max_size", "eval_dataset", "tfrecord_image_key", "tfrecord_label_key",
-                     "tfrecord_label_offset", "class_names_file")
+                     "tfrecord_label_offset", "class_names_file", "task", "loss", "embedding_dim", "embedding_head",
+                     "held_out_identities")
 RUNTIME_SETTINGS = ("model_dir", "data_dir", "keep_checkpoints", "steps_per_loop", "jit_compile", "strategy", "tpu",
                     "on_bad_image", "checkpoint_every_steps")
 
@@ -171,8 +172,11 @@ class RunDir:
         return read_history_csv(path) if files.exists(path) else []
 
     def write_history(self, rows: list[dict]) -> None:
-        lines = [",".join(HISTORY_COLUMNS)]
-        lines += [",".join(str(row.get(column, "")) for column in HISTORY_COLUMNS) for row in rows]
+        # The task's own columns (the embedding task's verification figures) after the common ones.
+        columns = list(HISTORY_COLUMNS) + [k for k in dict.fromkeys(k for row in rows for k in row)
+                                           if k not in HISTORY_COLUMNS]
+        lines = [",".join(columns)]
+        lines += [",".join(str(row.get(column, "")) for column in columns) for row in rows]
         atomic_write(self.file(HISTORY_CSV), "\n".join(lines) + "\n")
 
     # ------------------------------------------------------------------ evaluation

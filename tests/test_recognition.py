@@ -1,0 +1,250 @@
+"""Recognition embeddings: margin losses, heads, the identity split, the trainer's embedding task,
+its evaluation and its export."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnet_tf import build_model
+from efficientnet_tf.data.identities import identity_source
+from efficientnet_tf.settings import SettingError
+from efficientnet_tf.training import TrainConfig, Trainer
+from efficientnet_tf.training.rundir import load_run
+from efficientnet_tf.training.margin import ClassCentres, margin_logits, sparse_smoothed_cross_entropy
+from efficientnet_tf.training.verification import evaluate_embeddings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _numpy_margin_logits(thetas, labels, loss, m, s):
+    """The papers' formulas, written from angles: ArcFace s*cos(theta_y + m) (insightface's
+    s*(cos theta_y - m sin m) once theta_y + m passes pi), CosFace s*(cos theta_y - m)."""
+    logits = s * np.cos(thetas)
+    for i, y in enumerate(labels):
+        theta = thetas[i, y]
+        if loss == "arcface":
+            logits[i, y] = s * (math.cos(theta + m) if theta + m < math.pi else math.cos(theta) - m * math.sin(m))
+        else:
+            logits[i, y] = s * (math.cos(theta) - m)
+    return logits
+
+
+@pytest.mark.parametrize("loss,margin", [("arcface", 0.5), ("arcface", 0.2), ("cosface", 0.35)])
+def test_margin_logits_match_the_formulas_at_known_angles(loss, margin):
+    # Angles from 0 to pi, including targets whose theta + m passes pi (ArcFace's fallback).
+    thetas = np.array([[0.0, 1.0, 2.0, 3.0], [0.3, math.pi / 2, 2.9, math.pi - 0.1],
+                       [1.2, 0.7, 3.1, 0.01]])
+    labels = np.array([0, 3, 2])
+    expected = _numpy_margin_logits(thetas, labels, loss, margin, 64.0)
+    got = margin_logits(tf.constant(np.cos(thetas), tf.float32), tf.constant(labels), loss, margin, 64.0).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=5e-4)  # the sine floor at theta = 0
+
+
+def test_class_centres_compare_unit_vectors_and_keep_the_margin_off_the_prediction():
+    centres = ClassCentres(5, "cosface", margin=0.35, scale=30.0)
+    centres.build((None, 8))
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(6, 8)).astype(np.float32) * 7  # any norm: cosine only
+    labels = np.array([0, 1, 2, 3, 4, 0])
+    training, plain = (t.numpy() for t in centres(tf.constant(embeddings), tf.constant(labels)))
+    w = centres.centres.numpy()
+    cosines = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
+    np.testing.assert_allclose(plain, 30 * cosines, rtol=1e-5, atol=1e-5)
+    expected = 30 * cosines
+    expected[np.arange(6), labels] -= 30 * 0.35
+    np.testing.assert_allclose(training, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_sparse_smoothed_cross_entropy_equals_keras_one_hot(smoothing):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(7, 11)).astype(np.float32) * 5
+    labels = rng.integers(0, 11, 7)
+    expected = keras.losses.categorical_crossentropy(np.eye(11)[labels], logits, from_logits=True,
+                                                     label_smoothing=smoothing)
+    got = sparse_smoothed_cross_entropy(tf.constant(labels), tf.constant(logits), smoothing)
+    np.testing.assert_allclose(got.numpy(), np.asarray(expected), rtol=1e-5)
+
+
+def test_embedding_heads_have_the_documented_parameters():
+    backbone = build_model("efficientnet-b0", include_top=False, input_shape=(112, 112, 3))
+    channels, side, dim = 1280, 4, 512  # B0's last feature map at 112 px: 4 x 4 x 1280
+    gap = build_model("efficientnet-b0", include_top=False, input_shape=(112, 112, 3), embedding_dim=dim)
+    flat = build_model("efficientnet-b0", include_top=False, input_shape=(112, 112, 3), embedding_dim=dim,
+                       embedding_head="flatten")
+    assert gap.count_params() - backbone.count_params() == channels * dim + dim
+    # BN on the map (4 per channel), Dense on the flattened map, BN without scale (3 per unit).
+    assert flat.count_params() - backbone.count_params() == 4 * channels + side * side * channels * dim + dim + 3 * dim
+    images = np.random.default_rng(0).uniform(0, 255, (2, 112, 112, 3)).astype(np.float32)
+    for model in (gap, flat):
+        assert model.output_shape == (None, dim)
+        np.testing.assert_allclose(np.linalg.norm(model.predict_on_batch(images), axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"embedding_head='flatten' .* fixed input_shape .*\(None, None, 3\)"):
+        build_model("efficientnet-b0", include_top=False, input_shape=(None, None, 3), embedding_dim=dim,
+                    embedding_head="flatten")
+    with pytest.raises(ValueError, match="embedding_head must be one of gap, flatten, got 'pool'"):
+        build_model("efficientnet-b0", include_top=False, embedding_dim=dim, embedding_head="pool")
+
+
+def _digits_labels_of(source, split):
+    return np.concatenate([labels.numpy() for _, labels in source.examples(split).batch(512)])
+
+
+def test_digits_identity_split_is_disjoint_and_holds_out_7_8_9():
+    from sklearn.datasets import load_digits
+
+    truth = load_digits().target
+    source = identity_source("digits")
+    assert source.class_names == tuple("0123456") and source.eval_class_names == ("7", "8", "9")
+    train, held_out = _digits_labels_of(source, "train"), _digits_labels_of(source, "eval")
+    assert len(train) == source.num_train == np.sum(truth < 7) and len(held_out) == source.num_eval == np.sum(truth >= 7)
+    # Labels are each side's own identity index, in the dataset's order.
+    np.testing.assert_array_equal(train, truth[truth < 7])
+    np.testing.assert_array_equal(held_out, truth[truth >= 7] - 7)
+
+
+def _identity_folder(root, counts):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for identity, count in counts.items():
+        os.makedirs(root / identity)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(root / identity / f"{i}.png")
+    return f"folder:{root}"
+
+
+def test_folder_identity_split_is_seeded_and_disjoint(tmp_path):
+    name = _identity_folder(tmp_path, {f"person{i:02d}": 2 + i % 3 for i in range(20)})
+    a, b, other = identity_source(name, seed=0), identity_source(name, seed=0), identity_source(name, seed=5)
+    assert a.eval_class_names == b.eval_class_names != other.eval_class_names
+    assert len(a.eval_class_names) == 4 and len(a.class_names) == 16  # the default share 0.2 of 20
+    assert not set(a.class_names) & set(a.eval_class_names)
+    assert set(a.class_names) | set(a.eval_class_names) == {f"person{i:02d}" for i in range(20)}
+    images = {identity: 2 + int(identity[-2:]) % 3 for identity in a.class_names + a.eval_class_names}
+    assert a.num_train == sum(images[i] for i in a.class_names) and a.num_eval == sum(images[i] for i in a.eval_class_names)
+    labels = _digits_labels_of(a, "eval")
+    assert sorted(np.bincount(labels)) == sorted(images[i] for i in a.eval_class_names)
+
+
+def test_identity_data_bad_input_is_one_line(tmp_path):
+    one = _identity_folder(tmp_path / "one", {"alice": 3})
+    with pytest.raises(ValueError, match=r"has 1 identity folder\(s\) with images \(alice\); .* at least 4"):
+        identity_source(one)
+    singles = _identity_folder(tmp_path / "singles", {f"p{i}": 1 for i in range(6)})
+    with pytest.raises(ValueError, match="have a single image each: there is no positive pair"):
+        identity_source(singles)
+    with pytest.raises(ValueError, match="held_out_identities must be a share in \\(0, 1\\), got 0"):
+        identity_source("digits", held_out_fraction=0)
+    with pytest.raises(ValueError, match="reads identities from digits or folder:PATH, got 'cifar10'"):
+        identity_source("cifar10")
+
+
+@pytest.mark.parametrize("settings,name,message", [
+    (dict(margin=1.6), "margin", r"margin must be in \[0, pi/2\)"),
+    (dict(margin=-0.1), "margin", r"margin must be in \[0, pi/2\)"),
+    (dict(loss="triplet"), "loss", "unknown loss 'triplet'; choose from arcface, cosface, softmax"),
+    (dict(embedding_head="flatten", progressive=2, epochs=4), "embedding_head", "one fixed size"),
+    (dict(embedding_head="flatten", train_image_size=48, image_size=64), "embedding_head", "one fixed size"),
+    (dict(mixup_alpha=0.2), "mixup_alpha", "trains on identity ids"),
+    (dict(dataset="cifar10"), "dataset", "reads identities from digits or folder:PATH"),
+])
+def test_embedding_settings_bad_values(settings, name, message):
+    with pytest.raises(SettingError, match=message) as err:
+        TrainConfig.from_settings(task="embedding", **settings)
+    assert err.value.setting == name
+
+
+QUICK = dict(task="embedding", model="efficientnet-b0", dataset="digits", batch_size=16, image_size=32, epochs=1,
+             dropout_rate=0.0, drop_connect_rate=0.0, label_smoothing=0.0, seed=0, ema_decay=0.0,
+             embedding_dim=64, margin_scale=16.0)
+
+
+@pytest.mark.slow
+def test_two_replica_embedding_step_equals_one_device_step(tmp_path):
+    """The class centres are variables of the strategy: a 2-replica step (each replica half the
+    batch, synchronized BN, gradients summed) updates them and the network exactly as one
+    device does (ArcFace, flatten head; in its own process, see mirrored_embedding_step.py)."""
+    out = tmp_path / "step.npz"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "mirrored_embedding_step.py"), str(out),
+                             "arcface", "flatten", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = np.load(out)
+    assert int(r["single_replicas"]) == 1 and int(r["mirrored_replicas"]) == 2
+    assert float(r["single_loss"]) == pytest.approx(float(r["mirrored_loss"]), rel=1e-5)
+    assert float(r["single_correct"]) == float(r["mirrored_correct"])
+    np.testing.assert_allclose(r["single_centres"], r["mirrored_centres"], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(r["single_centres"], r["centres_before"])  # the centres trained
+    weights = sorted(k for k in r.files if k.startswith("single_weight"))
+    assert len(weights) > 300
+    for key in weights:
+        np.testing.assert_allclose(r[key], r[key.replace("single", "mirrored")], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def _main(*args, cwd):
+    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
+    run = tmp_path / "run"
+    # notebook 04's settings, so that its test below continues this run instead of training another.
+    train = _main("--task=embedding", "--embedding_head=flatten", "--embedding_dim=128", "--image_size=32",
+                  "--epochs=2", "--steps_per_epoch=3", "--batch_size=64", f"--model_dir={run}", cwd=tmp_path)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    assert "held-out identities (digits' default) 7, 8, 9" in train.stdout
+    report = json.loads((run / "eval_report.json").read_text())
+    assert report["identities"] == 3 and report["images"] == 533
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].endswith("val_roc_auc,val_tar_at_far_1e-3,val_tar_at_far_1e-2") and len(history) == 3
+    for png in ("roc.png", "similarity.png", "history.png"):
+        assert (run / png).stat().st_size > 10_000
+
+    # The report is what the metrics give on the trained model's own embeddings.
+    config, _ = load_run(str(run))
+    trainer = Trainer(config, verbose=False)
+    assert trainer.restore_for_eval()
+    embeddings, labels = trainer.embeddings()
+    expected, _ = evaluate_embeddings(embeddings, labels, seed=0)
+    for key in ("retrieval_top1", "roc_auc", "tar_at_far_1e-3", "tar_at_far_1e-2"):
+        assert report[key] == pytest.approx(expected[key], abs=1e-6), key
+
+    # int16x8 and int8 of an embedding run: notebook 04's test and benchmarks/recognition.py.
+    exported = _main("--mode=export", f"--model_dir={run}", "--tflite=float16", "--check_images=0", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-2000:]
+    export = json.loads((run / "export" / "export_report.json").read_text())
+    assert export["task"] == "embedding"
+    entry = export["tflite"]["float16"]
+    assert entry["images"] == 1797 and entry["eval_images"] == 533 and 0 <= entry["retrieval_top1"] <= 1
+    assert -1 <= entry["min_cosine"] <= entry["mean_cosine"] and entry["mean_cosine"] > 0.999
+    assert "cos mean" in exported.stdout and "float16" in exported.stdout
+    # The export's float reference is the evaluated model (a near-tie may flip one neighbour of a
+    # 2-epoch embedding between two batchings: 1/533 each; other weights would be far off).
+    assert export["tflite"]["keras_float32"]["retrieval_top1"] == pytest.approx(report["retrieval_top1"], abs=0.02)
+
+    # The SavedModel returns the normalised embedding of the trained (EMA) model, from pixels and from bytes.
+    loaded = tf.saved_model.load(str(run / "export" / "saved_model"))
+    from efficientnet_tf.deploy.export import load_trained_model
+
+    model, _ = load_trained_model(str(run))
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    served = loaded.signatures["serving_default"](images=tf.constant(images))["embedding"].numpy()
+    np.testing.assert_allclose(served, model.predict_on_batch(images), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, rtol=1e-5)
+    png = tf.io.encode_png(tf.cast(images[0], tf.uint8)).numpy()
+    from_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))["embedding"].numpy()
+    assert from_bytes.shape == (1, 128)
+    np.testing.assert_allclose(np.linalg.norm(from_bytes, axis=1), 1.0, rtol=1e-5)
+
+    # Notebook 04 on this finished run: evaluates it, shows the plots, exports int16x8.
+    from notebook_runner import check_recognition_notebook
+
+    check_recognition_notebook(tmp_path, run, epochs=2, steps_per_epoch=3)
