@@ -253,6 +253,9 @@ def run_eval() -> None:
     seed_process(config)
     eval_source = None
     other = FLAGS.eval_dataset
+    if other and config.recognition.embedding:
+        raise ValueError(f"--eval_dataset={other}: an embedding run evaluates on its own held-out identities; "
+                         "another dataset is for classification runs")
     if other and other != config.data.eval_dataset:
         # Read like the run's own data (data_dir, seed, held-out share); a TFDS label_key only for
         # TFDS; tfrecord files: all their records evaluate, labelled with the run's class names.

@@ -62,6 +62,17 @@ def test_class_centres_compare_unit_vectors_and_keep_the_margin_off_the_predicti
     np.testing.assert_allclose(training, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_softmax_centres_are_a_dense_classifier_on_the_raw_embedding():
+    centres = ClassCentres(4, "softmax")
+    centres.build((None, 6))
+    centres.bias.assign([0.5, -1.0, 0.0, 2.0])
+    embeddings = np.random.default_rng(2).normal(size=(5, 6)).astype(np.float32) * 3
+    training, plain = (t.numpy() for t in centres(tf.constant(embeddings), tf.constant([0, 1, 2, 3, 0])))
+    expected = embeddings @ centres.centres.numpy() + np.array([0.5, -1.0, 0.0, 2.0])
+    np.testing.assert_allclose(training, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(plain, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_sparse_smoothed_cross_entropy_equals_keras_one_hot(smoothing):
     rng = np.random.default_rng(1)
@@ -100,14 +111,21 @@ def _digits_labels_of(source, split):
 def test_digits_identity_split_is_disjoint_and_holds_out_7_8_9():
     from sklearn.datasets import load_digits
 
-    truth = load_digits().target
+    digits = load_digits()
+    originals = {np.round(image * (255.0 / 16.0)).astype(np.uint8).tobytes(): i for i, image in enumerate(digits.images)}
     source = identity_source("digits")
     assert source.class_names == tuple("0123456") and source.eval_class_names == ("7", "8", "9")
-    train, held_out = _digits_labels_of(source, "train"), _digits_labels_of(source, "eval")
-    assert len(train) == source.num_train == np.sum(truth < 7) and len(held_out) == source.num_eval == np.sum(truth >= 7)
-    # Labels are each side's own identity index, in the dataset's order.
-    np.testing.assert_array_equal(train, truth[truth < 7])
-    np.testing.assert_array_equal(held_out, truth[truth >= 7] - 7)
+    seen = {}
+    for split, offset in (("train", 0), ("eval", 7)):
+        for images, labels in source.examples(split).batch(512):
+            for image, label in zip(images.numpy(), labels.numpy()):
+                index = originals[image[..., 0].tobytes()]  # which of the 1,797 digits this is
+                assert digits.target[index] == label + offset  # each side's own identity index
+                seen[index] = split
+    # Every digit exactly once, on the side its class belongs to; identities are interleaved.
+    assert len(seen) == 1797 and source.num_train + source.num_eval == 1797
+    assert all((split == "eval") == (digits.target[i] >= 7) for i, split in seen.items())
+    assert len(set(_digits_labels_of(source, "eval")[:12])) == 3
 
 
 def _identity_folder(root, counts):
@@ -154,6 +172,10 @@ def test_identity_data_bad_input_is_one_line(tmp_path):
     (dict(embedding_head="flatten", progressive=2, epochs=4), "embedding_head", "one fixed size"),
     (dict(embedding_head="flatten", train_image_size=48, image_size=64), "embedding_head", "one fixed size"),
     (dict(mixup_alpha=0.2), "mixup_alpha", "trains on identity ids"),
+    (dict(progressive=2, epochs=4, progressive_max_mixup=0.3), "progressive_max_mixup", "trains on identity ids"),
+    (dict(embedding_head="flatten", model="efficientnetv2-b0", dataset="folder:/faces"), "embedding_head",
+     "training 192 px, evaluation 224 px"),
+    (dict(loss="softmax", margin=0.3), "margin", "the softmax loss has none"),
     (dict(dataset="cifar10"), "dataset", "reads identities from digits or folder:PATH"),
 ])
 def test_embedding_settings_bad_values(settings, name, message):
@@ -200,7 +222,7 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
     train = _main("--task=embedding", "--embedding_head=flatten", "--embedding_dim=128", "--image_size=32",
                   "--epochs=2", "--steps_per_epoch=3", "--batch_size=64", f"--model_dir={run}", cwd=tmp_path)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
-    assert "held-out identities (digits' default) 7, 8, 9" in train.stdout
+    assert "3 of 10 identities held out (digits' default) 7, 8, 9" in train.stdout
     report = json.loads((run / "eval_report.json").read_text())
     assert report["identities"] == 3 and report["images"] == 533
     history = (run / "history.csv").read_text().splitlines()
@@ -208,14 +230,27 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
     for png in ("roc.png", "similarity.png", "history.png"):
         assert (run / png).stat().st_size > 10_000
 
-    # The report is what the metrics give on the trained model's own embeddings.
+    # The report is what the metrics give on the exported (EMA) model's embeddings of the held-out
+    # images, computed here outside the Trainer's distributed evaluation.
+    from efficientnet_tf.deploy.export import load_trained_model, pipeline_images
+
+    model, _ = load_trained_model(str(run))
+    images, labels = pipeline_images(str(run), 10**6, training=False)
+    assert len(images) == 533 and set(labels) == {0, 1, 2}
+    expected, _ = evaluate_embeddings(model.predict(images, batch_size=64, verbose=0), labels, seed=0)
+    assert report["roc_auc"] == pytest.approx(expected["roc_auc"], abs=1e-3)
+    for key in ("retrieval_top1", "tar_at_far_1e-3", "tar_at_far_1e-2"):  # near-ties may flip between batchings
+        assert report[key] == pytest.approx(expected[key], abs=0.02), key
+
+    # The class centres are in the checkpoint: a new Trainer restores them (not fresh ones).
     config, _ = load_run(str(run))
     trainer = Trainer(config, verbose=False)
+    fresh = trainer.centres.get_weights()[0].copy()
     assert trainer.restore_for_eval()
-    embeddings, labels = trainer.embeddings()
-    expected, _ = evaluate_embeddings(embeddings, labels, seed=0)
-    for key in ("retrieval_top1", "roc_auc", "tar_at_far_1e-3", "tar_at_far_1e-2"):
-        assert report[key] == pytest.approx(expected[key], abs=1e-6), key
+    reader = tf.train.load_checkpoint(str(run / "checkpoints"))
+    (key,) = [k for k in reader.get_variable_to_shape_map() if k.startswith("centres/") and "OPTIMIZER" not in k]
+    np.testing.assert_array_equal(trainer.centres.get_weights()[0], reader.get_tensor(key))
+    assert not np.allclose(fresh, reader.get_tensor(key))
 
     # int16x8 and int8 of an embedding run: notebook 04's test and benchmarks/recognition.py.
     exported = _main("--mode=export", f"--model_dir={run}", "--tflite=float16", "--check_images=0", cwd=tmp_path)
@@ -225,6 +260,7 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
     entry = export["tflite"]["float16"]
     assert entry["images"] == 1797 and entry["eval_images"] == 533 and 0 <= entry["retrieval_top1"] <= 1
     assert -1 <= entry["min_cosine"] <= entry["mean_cosine"] and entry["mean_cosine"] > 0.999
+    assert entry["neighbour_agreement"] > 0.9
     assert "cos mean" in exported.stdout and "float16" in exported.stdout
     # The export's float reference is the evaluated model (a near-tie may flip one neighbour of a
     # 2-epoch embedding between two batchings: 1/533 each; other weights would be far off).
@@ -232,9 +268,6 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
 
     # The SavedModel returns the normalised embedding of the trained (EMA) model, from pixels and from bytes.
     loaded = tf.saved_model.load(str(run / "export" / "saved_model"))
-    from efficientnet_tf.deploy.export import load_trained_model
-
-    model, _ = load_trained_model(str(run))
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     served = loaded.signatures["serving_default"](images=tf.constant(images))["embedding"].numpy()
     np.testing.assert_allclose(served, model.predict_on_batch(images), atol=1e-5)
@@ -248,3 +281,33 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
     from notebook_runner import check_recognition_notebook
 
     check_recognition_notebook(tmp_path, run, epochs=2, steps_per_epoch=3)
+
+
+def test_nearest_neighbours_leave_the_image_itself_out():
+    from efficientnet_tf.training.verification import nearest_neighbours
+
+    rng = np.random.default_rng(3)
+    embeddings = rng.normal(size=(300, 8))
+    embeddings[7] = embeddings[100] * 4  # same direction (exactly: a power of two), another length
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    brute = []
+    for i in range(len(unit)):
+        similarity = [(unit[i] @ unit[j], -j) for j in range(len(unit)) if j != i]
+        brute.append(-max(similarity)[1])
+    got = nearest_neighbours(embeddings)
+    np.testing.assert_array_equal(got, brute)
+    assert got[7] == 100 and got[100] == 7
+
+
+def test_embedding_graphs_for_tflite_are_normalised_except_for_int16x8():
+    from efficientnet_tf.deploy.export import probability_model
+
+    model = build_model("efficientnet-lite0", include_top=False, input_shape=(32, 32, 3), embedding_dim=16)
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    normalised = probability_model(model).predict_on_batch(images)
+    raw = probability_model(model, normalized=False).predict_on_batch(images)
+    np.testing.assert_allclose(np.linalg.norm(normalised, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, rtol=1e-2)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), normalised, atol=1e-5)
+    with pytest.raises(ValueError, match="embedding_head='flatten' makes an embedding: give embedding_dim"):
+        build_model("efficientnet-lite0", include_top=False, input_shape=(32, 32, 3), embedding_head="flatten")

@@ -52,10 +52,11 @@ def identity_source(name: str, held_out_fraction: float | None = None, seed: int
         members = {identity: np.flatnonzero(labels == i) for i, identity in enumerate(identities)}
         held_out = DIGITS_HELD_OUT if held_out_fraction is None else _held_out(identities, held_out_fraction, seed)
 
-        def read(indices, new_labels):
-            return tf.data.Dataset.from_tensor_slices((images[indices], new_labels))
+        def read(examples):
+            pixels = tf.constant(images)
+            return examples.map(lambda index, label: (tf.gather(pixels, index), label))
 
-        return _split(name, identities, members, held_out, read, native_size=8, flip_ok=False,
+        return _split(name, identities, members, held_out, read, seed, native_size=8, flip_ok=False,
                       chosen="digits' default" if held_out_fraction is None else f"a seeded {held_out_fraction:.3g}, seed {seed}")
     if name.startswith("folder:"):
         root = os.path.expanduser(name[len("folder:"):])
@@ -75,11 +76,12 @@ def identity_source(name: str, held_out_fraction: float | None = None, seed: int
                              f"({', '.join(identities) or 'none'}); the embedding task needs at least "
                              f"{2 * MIN_IDENTITIES}: {MIN_IDENTITIES} to train on and {MIN_IDENTITIES} held out")
 
-        def read(indices, new_labels):
-            ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths[indices], tf.string), new_labels))
-            return ds.map(_decode_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        def read(examples):
+            files = tf.constant(paths, tf.string)
+            return examples.map(lambda index, label: _decode_file(tf.gather(files, index), label),
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-        return _split(name, identities, members, _held_out(identities, fraction, seed), read, native_size=None,
+        return _split(name, identities, members, _held_out(identities, fraction, seed), read, seed, native_size=None,
                       flip_ok=True, chosen=f"a seeded {fraction:.3g}, seed {seed}")
     raise ValueError(f"the embedding task reads identities from {' or '.join(IDENTITY_DATASETS)}, got {name!r}")
 
@@ -93,7 +95,7 @@ def _held_out(identities: list[str], fraction: float, seed: int) -> tuple[str, .
     return tuple(identities[i] for i in sorted(chosen))
 
 
-def _split(name, identities, members, held_out, read, native_size, flip_ok, chosen) -> Source:
+def _split(name, identities, members, held_out, read, seed, native_size, flip_ok, chosen) -> Source:
     train_ids = [i for i in identities if i not in held_out]
     eval_ids = [i for i in identities if i in held_out]
     singles = [i for i in eval_ids if len(members[i]) < 2]
@@ -107,20 +109,26 @@ def _split(name, identities, members, held_out, read, native_size, flip_ok, chos
     for split, ids in (("train", train_ids), ("eval", eval_ids)):
         indices = np.concatenate([members[i] for i in ids])
         labels = np.concatenate([np.full(len(members[i]), k, np.int32) for k, i in enumerate(ids)])
-        order = np.argsort(indices, kind="stable")  # the dataset's own order, identities interleaved
+        # A seeded order that mixes identities: folders list them one after the other, and any
+        # prefix (the export's check images, a shuffle buffer's window) should see many of them.
+        order = np.random.default_rng(seed).permutation(len(indices))
         splits[split] = (indices[order], labels[order])
 
     def make(split, shuffle_files, seed_, shard):
         indices, labels = splits[split]
         if shard is not None:
             indices, labels = indices[shard[1]::shard[0]], labels[shard[1]::shard[0]]
-        return read(indices, labels)
+        examples = tf.data.Dataset.from_tensor_slices((indices, labels))
+        if shuffle_files:  # before decoding: the whole split, not a buffer's window of it
+            examples = examples.shuffle(len(indices), seed=seed_, reshuffle_each_iteration=True)
+        return read(examples)
 
     def listing(ids):
         return ", ".join(ids) if len(ids) <= 12 else f"{', '.join(ids[:10])}, ... ({len(ids)})"
 
-    description = (f"train: identities {listing(train_ids)}, {len(splits['train'][0]):,} images; eval: held-out "
-                   f"identities ({chosen}) {listing(eval_ids)}, {len(splits['eval'][0]):,} images")
+    description = (f"train: identities {listing(train_ids)}, {len(splits['train'][0]):,} images; eval: "
+                   f"{len(eval_ids)} of {len(identities)} identities held out ({chosen}) {listing(eval_ids)}, "
+                   f"{len(splits['eval'][0]):,} images")
     return Source(name, len(train_ids), tuple(train_ids), len(splits["train"][0]), len(splits["eval"][0]),
                   native_size=native_size, flip_ok=flip_ok, _make=make, split_description=description,
                   eval_class_names=tuple(eval_ids))

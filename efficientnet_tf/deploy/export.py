@@ -99,16 +99,15 @@ def is_embedding_model(model: keras.Model) -> bool:
     return any(layer.name == "embedding" for layer in model.layers)
 
 
-def probability_model(model: keras.Model) -> keras.Model:
+def probability_model(model: keras.Model, normalized: bool = True) -> keras.Model:
     """Logits model -> probabilities (float32): the graph TFLite and ONNX convert. An embedding
-    model is converted up to its embedding, before the L2 normalization: TFLite has no 16-bit
-    kernel for its SQUARE op (int16x8 fails), and cosine similarity, what embeddings are
-    compared by, is the same without it."""
+    model is converted as it is (the L2-normalised embedding: a unit vector quantizes well), or
+    with `normalized=False` up to its embedding before the normalization, which int16x8 needs
+    (TFLite has no 16-bit kernel for the normalization's SQUARE op)."""
     if is_embedding_model(model):
-        try:
-            unnormalized = model.get_layer("embedding_l2").input
-        except ValueError:
+        if normalized or "embedding_l2" not in {layer.name for layer in model.layers}:
             return model
+        unnormalized = model.get_layer("embedding_l2").input
         return functional_model(model.input, unnormalized, f"{model.name}_embedding", max_layers=len(model.layers))
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(model.output)
     return functional_model(model.input, outputs, f"{model.name}_probabilities", max_layers=len(model.layers) + 1)
@@ -122,10 +121,24 @@ def _check_format(quantization: str, integer_io: str) -> None:
         raise SettingError("int8_io", f"integer_io must be one of {', '.join(INTEGER_IO)}, got {integer_io!r}")
 
 
-def export_float_saved_model(model: keras.Model, path: str) -> str:
-    """The probability model as a plain SavedModel: what the TFLite and ONNX converters read."""
-    probability_model(model).export(path, format="tf_saved_model", verbose=False)
+def export_float_saved_model(model: keras.Model, path: str, quantization: str | None = None) -> str:
+    """The probability model as a plain SavedModel: what the TFLite and ONNX converters read
+    (for `quantization` int16x8, an embedding model's unnormalised embedding)."""
+    probability_model(model, normalized=quantization != "int16x8").export(path, format="tf_saved_model", verbose=False)
     return path
+
+
+class _FloatSavedModels:
+    """The float SavedModel each TFLite format converts from, written once per kind in `root`."""
+
+    def __init__(self, model: keras.Model, root: str):
+        self.model, self.root, self.paths = model, root, {}
+
+    def __call__(self, quantization: str | None = None) -> str:
+        kind = "unnormalized" if quantization == "int16x8" and is_embedding_model(self.model) else "default"
+        if kind not in self.paths:
+            self.paths[kind] = export_float_saved_model(self.model, os.path.join(self.root, kind), quantization)
+        return self.paths[kind]
 
 
 def convert_tflite(model: keras.Model, quantization: str, representative_images: Iterable | None = None,
@@ -133,8 +146,8 @@ def convert_tflite(model: keras.Model, quantization: str, representative_images:
     """One TFLite flatbuffer of `model` (logits out; the file outputs probabilities)."""
     _check_format(quantization, integer_io)
     with tempfile.TemporaryDirectory() as tmp:
-        return convert_saved_model(export_float_saved_model(model, tmp), quantization, representative_images,
-                                   integer_io)
+        return convert_saved_model(export_float_saved_model(model, tmp, quantization), quantization,
+                                   representative_images, integer_io)
 
 
 def convert_saved_model(saved_model_dir: str, quantization: str, representative_images: Iterable | None = None,
@@ -253,9 +266,9 @@ def export_tflite(model: keras.Model, export_dir: str, quantizations: Sequence[s
     images = list(representative_images) if representative_images is not None else None
     paths = {}
     with tempfile.TemporaryDirectory() as tmp:
-        float_model = export_float_saved_model(model, tmp)
+        float_models = _FloatSavedModels(model, tmp)
         for quantization in quantizations:
-            content = convert_saved_model(float_model, quantization, images, integer_io)
+            content = convert_saved_model(float_models(quantization), quantization, images, integer_io)
             paths[quantization] = os.path.join(export_dir, f"model_{quantization}.tflite")
             atomic_write(paths[quantization], content)
     return paths
@@ -353,15 +366,20 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
                      num_eval: int | None = None) -> dict[str, dict]:
     """`agreement_report` for an embedding model: for each exported file, size, I/O types, the
     mean and minimum cosine similarity of its embedding to the float Keras embedding on all
-    `images` (and the mean on the first `num_eval`), leave-one-out 1-NN retrieval top-1 on those
-    `num_eval` images by their identity `labels` and its change from the float model, and
-    batch-1 latency."""
-    from efficientnet_tf.training.verification import retrieval_top1
+    `images` (and the mean on the first `num_eval`), the share of `images` whose nearest other
+    image is the one the float model finds (`neighbour_agreement`), leave-one-out 1-NN retrieval
+    top-1 on the first `num_eval` images by their identity `labels` and its change from the float
+    model, and batch-1 latency."""
+    from efficientnet_tf.training.verification import nearest_neighbours, retrieval_top1
 
     images = np.asarray(images, np.float32)
     num_eval = len(images) if num_eval is None else num_eval
     reference = _unit(_predict(model.predict_on_batch, images, batch_size))
+    reference_neighbours = nearest_neighbours(reference)
     labels = None if labels is None else np.asarray(labels)[:num_eval]
+    if labels is not None and (len(labels) == 0 or np.unique(labels, return_counts=True)[1].max() < 2):
+        log.warning("retrieval not measured: the %d eval images hold no identity twice (raise check_images)", len(labels))
+        labels = None
     float_retrieval = None if labels is None else retrieval_top1(reference[:num_eval], labels)
     runners = {name: (OnnxRunner if path.endswith(".onnx") else TFLiteRunner)(path) for name, path in paths.items()}
     report = {}
@@ -370,7 +388,8 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
         cosines = np.sum(embeddings * reference, axis=-1)
         entry = {"size_bytes": os.path.getsize(paths[name]), "io": runner.io_types,
                  "mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min()), "images": int(len(images)),
-                 "eval_mean_cosine": float(cosines[:num_eval].mean()), "eval_images": int(num_eval)}
+                 "eval_mean_cosine": float(cosines[:num_eval].mean()), "eval_images": int(num_eval),
+                 "neighbour_agreement": float(np.mean(nearest_neighbours(embeddings) == reference_neighbours))}
         if labels is not None:
             entry["retrieval_top1"] = retrieval_top1(embeddings[:num_eval], labels)
             entry["retrieval_top1_change"] = entry["retrieval_top1"] - float_retrieval
@@ -387,7 +406,7 @@ CLASSIFIER_COLUMNS = (("agree", "agreement", ".4f", 7), ("images", "images", "",
                       ("top-1", "top1", ".4f", 7), ("change", "top1_change", "+.4f", 7),
                       ("ms/img", "latency_ms_batch1", ".2f", 8))
 EMBEDDING_COLUMNS = (("cos mean", "mean_cosine", ".5f", 8), ("cos min", "min_cosine", ".4f", 8),
-                     ("images", "images", "", 7), ("retrieval", "retrieval_top1", ".4f", 9),
+                     ("same NN", "neighbour_agreement", ".4f", 7), ("images", "images", "", 7), ("retrieval", "retrieval_top1", ".4f", 9),
                      ("change", "retrieval_top1_change", "+.4f", 7), ("ms/img", "latency_ms_batch1", ".2f", 8))
 
 
@@ -532,10 +551,11 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
         atomic_write(paths[name], content)
 
     with tempfile.TemporaryDirectory() as tmp:
-        float_model = export_float_saved_model(model, tmp)
+        float_models = _FloatSavedModels(model, tmp)
+        float_model = float_models()
         for quantization in (q for q in formats if q in TFLITE_QUANTIZATIONS):
             content = _attempt(failed, quantization, lambda q=quantization: convert_saved_model(
-                float_model, q, representative, config.int8_io))
+                float_models(q), q, representative, config.int8_io))
             if content is not None:
                 write(quantization, content)
         if not {"int8", "int8_selective"} & set(formats):
@@ -547,15 +567,23 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
                 failed["int8_selective"] = failed.get("int8_layer_errors", "the int8 calibration found no quantized op")
             return paths
         report["int8_layer_errors"] = [e.as_dict() for e in errors]
+        if is_embedding_model(model):  # the converted graph's output is the embedding, not probabilities
+            for entry in report["int8_layer_errors"]:
+                entry["layer"] = "embedding_l2" if entry["layer"] == "probabilities" else entry["layer"]
         kept = ()
         if "int8_selective" in formats:
             reference = _predict(model.predict_on_batch, search)
             if is_embedding_model(model):
-                # An embedding has no top-1 to agree on: the search's measure is the mean cosine
-                # similarity to the float embedding.
+                from efficientnet_tf.training.verification import nearest_neighbours
+
+                # An embedding has no top-1 to agree on: the search's measure is how many search
+                # images keep their nearest neighbour (what retrieval sees; a mean cosine to the
+                # float embedding stays near 1 while neighbours swap).
+                reference_neighbours = nearest_neighbours(reference)
+
                 def agreement(content: bytes) -> float:
-                    embeddings = _unit(_predict(TFLiteRunner(content), search))
-                    return float(np.mean(np.sum(embeddings * _unit(reference), axis=-1)))
+                    return float(np.mean(nearest_neighbours(_predict(TFLiteRunner(content), search))
+                                         == reference_neighbours))
             else:
                 def agreement(content: bytes) -> float:
                     return float(np.mean(_predict(TFLiteRunner(content), search).argmax(-1) == reference.argmax(-1)))
@@ -579,7 +607,9 @@ def _calibration_source(run_config, calibration_dataset: str | None):
     dataset = calibration_dataset or run_config.data.dataset
     try:
         if calibration_dataset:
-            return run_config.replace(dataset=calibration_dataset, label_key="label").load_source("skip")
+            # Calibration needs no labels: any dataset, read as a plain one (not split by identity).
+            return run_config.replace(dataset=calibration_dataset, label_key="label",
+                                      task="classification").load_source("skip")
         return run_config.load_source("skip")
     except (OSError, ValueError) as err:
         raise FileNotFoundError(

@@ -271,8 +271,15 @@ def build_efficientnet(
     """
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if embedding_head != "gap" and not embedding_dim:
+        raise ValueError(f"embedding_head={embedding_head!r} makes an embedding: give embedding_dim (and "
+                         "include_top=False)")
     if include_top:
         num_classes = _positive_int(num_classes, "num_classes")
+    elif embedding_dim:
+        check_embedding_head(embedding_head, _input_shape(config, input_shape))
+        if pooling is not None and embedding_head == "flatten":
+            raise ValueError(f"pooling={pooling!r} does not apply to embedding_head='flatten' (it flattens the map)")
     dropout_rate = config.dropout_rate if dropout_rate is None else dropout_rate
     style = BlockStyle(
         activation=config.activation,
@@ -319,7 +326,7 @@ def build_efficientnet(
             name="predictions",
         )(x)
     elif embedding_dim:
-        x = _embedding_head(x, embedding_head, embedding_dim, dropout_rate, style)
+        x = _embedding_head(x, embedding_head, embedding_dim, dropout_rate, style, pooling)
         if l2_normalize_embedding:
             x = layers.UnitNormalization(axis=-1, name="embedding_l2", dtype="float32")(x)
     else:
@@ -332,10 +339,13 @@ def build_efficientnet(
     return model
 
 
-def _embedding_head(x, head: str, embedding_dim: int, dropout_rate: float, style: BlockStyle):
-    """The embedding from the last feature map, before any normalization."""
+def _embedding_head(x, head: str, embedding_dim: int, dropout_rate: float, style: BlockStyle, pooling=None):
+    """The embedding from the last feature map, before any normalization ('gap': average pooling,
+    or max pooling with pooling='max')."""
     if head == "gap":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        pool = layers.GlobalMaxPooling2D(name="max_pool") if pooling == "max" else layers.GlobalAveragePooling2D(
+            name="avg_pool")
+        x = pool(x)
     else:
         # iResNet's "E" output: every position keeps its own weights (no pooling), and the final
         # BN has no learned scale, as in insightface's recognition backbones.
@@ -425,7 +435,6 @@ def build_model(
         if include_top:
             raise ValueError("embedding_dim needs include_top=False (the embedding replaces the classifier)")
         embedding_dim = _positive_int(embedding_dim, "embedding_dim")
-        check_embedding_head(embedding_head, _input_shape(config, input_shape))
     model = build_efficientnet(
         config,
         num_classes=num_classes,

@@ -199,6 +199,8 @@ class RecognitionConfig:
                          self.margin_scale)
         except ValueError as err:
             raise SettingError("margin_scale" if "scale" in str(err) else "margin", str(err)) from None
+        _check(self.loss != "softmax" or self.margin is None, "margin",
+               f"margin applies to arcface and cosface; the softmax loss has none (got margin={self.margin})")
         _check(self.held_out_identities is None or 0 < self.held_out_identities < 1, "held_out_identities",
                f"held_out_identities must be a share in (0, 1), got {self.held_out_identities}")
 
@@ -277,17 +279,20 @@ class TrainConfig:
         dataset = self.data.dataset
         _check(dataset == "digits" or dataset.startswith("folder:"), "dataset",
                f"the embedding task reads identities from {' or '.join(IDENTITY_DATASETS)}, got {dataset!r}")
-        for name in ("mixup_alpha", "cutmix_alpha"):
-            _check(getattr(self.augment, name) == 0, name, f"{name} mixes two images' labels; the embedding task "
-                   f"trains on identity ids: set {name} to 0")
+        mixing = {"mixup_alpha": self.augment.mixup_alpha, "cutmix_alpha": self.augment.cutmix_alpha,
+                  "progressive_max_mixup": (self.progressive.max_mixup or 0) if self.progressive.stages > 1 else 0}
+        for name, value in mixing.items():
+            _check(value == 0, name, f"{name} mixes two images' labels; the embedding task trains on identity ids: "
+                   f"set {name} to 0")
         _check(self.data.eval_dataset is None, "eval_dataset",
                "the embedding task evaluates on its own held-out identities; eval_dataset applies to classification")
         if self.recognition.embedding_head == "flatten":
-            one_size = self.progressive.stages <= 1 and (self.data.train_image_size is None
-                                                          or self.data.train_image_size == self.data.image_size)
-            _check(one_size, "embedding_head", "embedding_head=flatten flattens a feature map of one fixed size: "
-                   "train and evaluate at one image size (no progressive learning, train_image_size unset or equal "
-                   "to image_size)")
+            # Digits are small images (one size); a folder's sizes vary, where V2 trains smaller.
+            train_size, eval_size = self.image_sizes(8 if dataset == "digits" else None)
+            _check(self.progressive.stages <= 1 and train_size == eval_size, "embedding_head",
+                   f"the flatten head flattens a feature map of one fixed size: train and evaluate at one "
+                   f"image size (no progressive learning; here training {train_size} px, evaluation {eval_size} px: "
+                   f"set train_image_size to image_size)")
 
     def schedule_epochs(self) -> tuple[float, float]:
         """(warmup, decay period) in epochs. Unset, they keep the papers' schedule *shape*:

@@ -69,6 +69,8 @@ class ClassCentres(keras.layers.Layer):
     def __init__(self, num_classes: int, loss: str = "arcface", margin: float | None = None,
                  scale: float = DEFAULT_SCALE, **kwargs):
         super().__init__(dtype="float32", **kwargs)
+        if loss == "softmax" and margin:
+            raise ValueError(f"margin applies to arcface and cosface; the softmax loss has none (got margin={margin})")
         margin = DEFAULT_MARGINS.get(loss, 0.0) if margin is None else float(margin)
         check_margin(loss, margin, scale)
         self.num_classes, self.loss, self.margin, self.scale = int(num_classes), loss, margin, float(scale)

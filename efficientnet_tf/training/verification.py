@@ -278,14 +278,25 @@ def retrieval_top1(embeddings, labels) -> float:
     identity = identity.reshape(-1)
     _require_positive(counts)
     queries = np.flatnonzero(counts[identity] >= 2)
-    correct = 0
+    nearest = _nearest_others(unit, queries)
+    return int((identity[nearest] == identity[queries]).sum()) / len(queries)
+
+
+def nearest_neighbours(embeddings) -> np.ndarray:
+    """For every image, the index of its most similar *other* image by cosine similarity (ties:
+    the lowest index); in blocks, like `retrieval_top1`."""
+    unit = _unit_rows(embeddings)
+    return _nearest_others(unit, np.arange(len(unit)))
+
+
+def _nearest_others(unit: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    nearest = np.empty(len(queries), np.int64)
     for start in range(0, len(queries), _RETRIEVAL_ROWS):
         rows = queries[start:start + _RETRIEVAL_ROWS]
         similarity = unit[rows] @ unit.T
         similarity[np.arange(len(rows)), rows] = -np.inf  # leave the query itself out
-        nearest = np.argmax(similarity, axis=1)  # first maximum: the lowest index wins a tie
-        correct += int((identity[nearest] == identity[rows]).sum())
-    return correct / len(queries)
+        nearest[start:start + len(rows)] = np.argmax(similarity, axis=1)  # first maximum: lowest index
+    return nearest
 
 
 def evaluate_embeddings(embeddings, labels, negative_pairs: int = DEFAULT_NEGATIVE_PAIRS,
