@@ -298,8 +298,10 @@ def test_plot_similarity_histograms_draws_densities_and_the_threshold(curves, tm
     figure = plots.plot_similarity_histograms(curves, str(path))
     assert png_size(path) == (800, 450)
     axes = figure.axes[0]
-    bins = np.linspace(-1, 1, 101)
     same, different = axes.containers
+    bins = np.r_[[bar.get_x() for bar in same], same.patches[-1].get_x() + same.patches[-1].get_width()]
+    scores = np.r_[curves["positive_scores"], curves["negative_scores"]]
+    assert len(bins) == 101 and -1 <= bins[0] <= scores.min() and scores.max() <= bins[-1] <= 1  # every pair drawn
     for bars, scores in ((same, curves["positive_scores"]), (different, curves["negative_scores"])):
         density, _ = np.histogram(scores, bins=bins, density=True)
         np.testing.assert_allclose([bar.get_height() for bar in bars], density, rtol=1e-12)
@@ -308,4 +310,17 @@ def test_plot_similarity_histograms_draws_densities_and_the_threshold(curves, tm
     assert different.patches[0].get_label() == f"different identities ({len(curves['negative_scores']):,} pairs)"
     threshold_line = axes.get_lines()[0]
     assert list(threshold_line.get_xdata()) == [curves["best_threshold"]] * 2
-    assert f"{curves['best_threshold']:.3f}" in threshold_line.get_label()
+    assert f"{curves['best_threshold']:.5g}" in threshold_line.get_label()
+
+
+def test_similarity_histograms_zoom_on_bunched_scores():
+    """Embeddings that share a direction give pair cosines in [0.9997, 1]: bars over [-1, 1] would
+    be one bar; the bins follow the scores."""
+    rng = np.random.default_rng(0)
+    curves = {"positive_scores": rng.uniform(0.99985, 1.0, 500), "negative_scores": rng.uniform(0.9997, 0.9999, 500),
+              "best_threshold": 0.99975}
+    axes = plots.plot_similarity_histograms(curves).axes[0]
+    low, high = axes.get_xlim()
+    assert 0.9996 < low < 0.9997 and 1.0 <= high < 1.0001
+    assert sum(bar.get_height() > 0 for bar in axes.containers[0]) > 30  # the positives spread over many bars
+    assert "best threshold 0.99975" in axes.get_lines()[0].get_label()

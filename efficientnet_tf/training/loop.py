@@ -361,7 +361,12 @@ class Trainer:
             self._print(f"final eval on {report['identities']} held-out identities ({'EMA weights' if self.ema else 'weights'}): "
                         f"retrieval top-1 {report['retrieval_top1']:.4f}, ROC AUC {report['roc_auc']:.4f}, TAR@FAR=1e-3 "
                         f"{report['tar_at_far_1e-3']:.4f}, TAR@FAR=1e-2 {report['tar_at_far_1e-2']:.4f}, best threshold "
-                        f"accuracy {report['best_accuracy']:.4f} at cosine {report['best_threshold']:.3f}")
+                        f"accuracy {report['best_accuracy']:.4f} at cosine {report['best_threshold']:.5g}")
+            negatives = report["negative_pairs"]
+            if negatives < 1000:  # FAR moves in steps of 1/negatives
+                self._print(f"note: {negatives} negative pairs: FAR below 1/{negatives} cannot be measured, and TAR at "
+                            "such a FAR is the share of positive pairs above every negative (more held-out identities "
+                            "or images give more pairs)")
             written = self.save_plots(curves=curves)
             if written:
                 self._print(f"plots: {', '.join(os.path.basename(p) for p in written)} in {self.run_dir.path}")
