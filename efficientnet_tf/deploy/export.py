@@ -336,7 +336,7 @@ def agreement_report(model: keras.Model, paths: dict[str, str], images, labels=N
     reference = _predict(lambda batch: tf.nn.softmax(model.predict_on_batch(batch)), images, batch_size)
     reference_top1 = reference.argmax(-1)
     labels = None if labels is None else np.asarray(labels)[:num_eval]
-    runners = {name: (OnnxRunner if path.endswith(".onnx") else TFLiteRunner)(path) for name, path in paths.items()}
+    runners = _runners(paths)
     report = {}
     for name, runner in runners.items():
         probabilities = _predict(runner, images, batch_size)
@@ -350,12 +350,21 @@ def agreement_report(model: keras.Model, paths: dict[str, str], images, labels=N
             entry["top1"] = float(np.mean(top1[:num_eval] == labels))
             entry["top1_change"] = entry["top1"] - float(np.mean(reference_top1[:num_eval] == labels))
         report[name] = entry
-    for name, latency in batch1_latency_ms(runners, images[:20]).items():
-        report[name]["latency_ms_batch1"] = latency
+    _add_latency(report, runners, images)
     if labels is not None:
         report["keras_float32"] = {"top1": float(np.mean(reference_top1[:num_eval] == labels)),
                                    "images": int(num_eval)}
     return report
+
+
+def _runners(paths: dict[str, str]) -> dict[str, Callable]:
+    """{name: runner} for exported `.tflite` and `.onnx` files."""
+    return {name: (OnnxRunner if path.endswith(".onnx") else TFLiteRunner)(path) for name, path in paths.items()}
+
+
+def _add_latency(report: dict[str, dict], runners: dict[str, Callable], images: np.ndarray) -> None:
+    for name, latency in batch1_latency_ms(runners, images[:20]).items():
+        report[name]["latency_ms_batch1"] = latency
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -381,7 +390,7 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
         log.warning("retrieval not measured: the %d eval images hold no identity twice (raise check_images)", len(labels))
         labels = None
     float_retrieval = None if labels is None else retrieval_top1(reference[:num_eval], labels)
-    runners = {name: (OnnxRunner if path.endswith(".onnx") else TFLiteRunner)(path) for name, path in paths.items()}
+    runners = _runners(paths)
     report = {}
     for name, runner in runners.items():
         embeddings = _unit(_predict(runner, images, batch_size))
@@ -394,8 +403,7 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
             entry["retrieval_top1"] = retrieval_top1(embeddings[:num_eval], labels)
             entry["retrieval_top1_change"] = entry["retrieval_top1"] - float_retrieval
         report[name] = entry
-    for name, latency in batch1_latency_ms(runners, images[:20]).items():
-        report[name]["latency_ms_batch1"] = latency
+    _add_latency(report, runners, images)
     if labels is not None:
         report["keras_float32"] = {"retrieval_top1": float_retrieval, "images": int(num_eval)}
     return report

@@ -619,9 +619,7 @@ class Trainer:
         if confusion not in self._eval_fns:
             self._eval_fns[confusion] = self._make_eval_fn(confusion)
         eval_fn = self._eval_fns[confusion]
-        if self.ema is not None:
-            self.ema.swap()
-        try:
+        with self._evaluated_weights():
             totals = np.zeros(4)
             matrix = np.zeros((self.source.num_classes,) * 2, dtype=np.int64) if confusion else None
             start = time.perf_counter()
@@ -631,9 +629,6 @@ class Trainer:
                 if confusion:
                     matrix += results[4].numpy().astype(np.int64)
             elapsed = time.perf_counter() - start
-        finally:
-            if self.ema is not None:
-                self.ema.swap()
         loss, top1, top5, count = totals
         count = max(count, 1.0)
         report = {"top1": top1 / count, "top5": top5 / count, "loss": loss / count, "images": int(count),
@@ -641,6 +636,18 @@ class Trainer:
         if confusion:
             report["confusion_matrix"] = matrix
         return report
+
+    @contextlib.contextmanager
+    def _evaluated_weights(self):
+        """The EMA weights in the model while evaluating, when the run keeps them; the trained
+        weights back afterwards, whatever happens."""
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            yield
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
 
     def embeddings(self, split: str = "eval", image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(L2-normalised embeddings [N, D], identity labels [N]) of every image of `split`
@@ -660,9 +667,7 @@ class Trainer:
                 return [strategy.gather(r, axis=0) for r in strategy.run(step, args=(images, labels, weights))]
 
             self._eval_fns["embeddings"] = run
-        if self.ema is not None:
-            self.ema.swap()
-        try:
+        with self._evaluated_weights():
             embeddings, labels = [], []
             for images, batch_labels, weights in dataset:
                 batch_embeddings, batch_labels, weights = (t.numpy() for t in self._eval_fns["embeddings"](
@@ -670,9 +675,6 @@ class Trainer:
                 real = weights > 0  # padding of the last batch
                 embeddings.append(batch_embeddings[real])
                 labels.append(batch_labels[real])
-        finally:
-            if self.ema is not None:
-                self.ema.swap()
         return np.concatenate(embeddings), np.concatenate(labels).astype(np.int64)
 
     def evaluate_embeddings(self, image_size: int | None = None, split: str = "eval", curves: bool = False) -> dict:
@@ -684,7 +686,7 @@ class Trainer:
         embeddings, labels = self.embeddings(split, image_size)
         elapsed = time.perf_counter() - start
         report, curve_data = verification.evaluate_embeddings(embeddings, labels, seed=self.config.run.seed or 0)
-        report.update(images=int(len(labels)), images_per_sec=len(labels) / max(elapsed, 1e-9))
+        report["images_per_sec"] = len(labels) / max(elapsed, 1e-9)  # "images" is the metrics' own count
         if curves:
             report["curves"] = curve_data
         return report
