@@ -50,7 +50,7 @@ def test_progressive_v1_run_exports_the_model_it_evaluated(tmp_path):
     # unknown size used to assume even sides.
     assert _strided_sides(38) == [38, 19, 10, 5, 3] and _strided_sides(52) == [52, 26, 13, 7, 4]
     evaluated, report, predicted, labels = _train_and_export(
-        str(tmp_path / "b0"), model="efficientnet-b0", image_size=52, progressive=2,
+        str(tmp_path / "lite0"), model="efficientnet-lite0", image_size=52, progressive=2,
         progressive_min_size=38)
     assert report["image_size"] == 52
     assert float(np.mean(predicted == labels)) == evaluated["top1"]
