@@ -366,9 +366,12 @@ def plot_similarity_histograms(curves: Mapping, path: str | None = None, title: 
 
 def save_run_plots(model_dir: str, schedule: Callable | None = None, total_steps: int | None = None,
                    steps_per_epoch: int = 1, confusion: np.ndarray | None = None,
-                   class_names: Sequence[str] | None = None, augmented: tuple | None = None) -> list[str]:
+                   class_names: Sequence[str] | None = None, augmented: tuple | None = None,
+                   curves: Mapping | None = None) -> list[str]:
     """Every plot a run can draw, as PNGs in model_dir; returns their paths. What is missing
-    (e.g. no progressive stages, too many classes for a matrix) is skipped, not faked."""
+    (e.g. no progressive stages, too many classes for a matrix) is skipped, not faked. The
+    confusion matrix and an embedding run's verification `curves` are read from the run when
+    not given."""
     run_dir = RunDir(model_dir)
     written = []
     columns = load_history(model_dir)
@@ -393,6 +396,12 @@ def save_run_plots(model_dir: str, schedule: Callable | None = None, total_steps
         confusion = run_dir.read_confusion()
     if confusion is not None and len(confusion) <= MAX_CONFUSION_CLASSES:
         draw(plot_confusion_matrix, CONFUSION_PNG, confusion, class_names)
+    if curves is None:
+        curves = run_dir.read_curves()
+    if curves is not None:
+        held_out = f"{run.get('model', '')}: held-out identities".lstrip(": ")
+        draw(plot_roc, ROC_PNG, curves, title=held_out)
+        draw(plot_similarity_histograms, SIMILARITY_PNG, curves, title=held_out)
     if augmented is not None:
         images, labels = augmented
         draw(plot_image_grid, AUGMENTED_PNG, images, labels, class_names)

@@ -237,10 +237,23 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
     model, _ = load_trained_model(str(run))
     images, labels = pipeline_images(str(run), 10**6, training=False)
     assert len(images) == 533 and set(labels) == {0, 1, 2}
-    expected, _ = evaluate_embeddings(model.predict(images, batch_size=64, verbose=0), labels, seed=0)
+    expected, expected_curves = evaluate_embeddings(model.predict(images, batch_size=64, verbose=0), labels, seed=0)
     assert report["roc_auc"] == pytest.approx(expected["roc_auc"], abs=1e-3)
     for key in ("retrieval_top1", "tar_at_far_1e-3", "tar_at_far_1e-2"):  # near-ties may flip between batchings
         assert report[key] == pytest.approx(expected[key], abs=0.02), key
+    # --mode=plot redraws the ROC and similarity plots from the pair scores the run kept.
+    from efficientnet_tf.training.report import replot_run
+    from efficientnet_tf.training.rundir import RunDir
+
+    stored = RunDir(str(run)).read_curves()
+    for key in ("positive_scores", "negative_scores"):
+        np.testing.assert_allclose(stored[key], expected_curves[key], atol=1e-3, err_msg=key)
+    for png in ("roc.png", "similarity.png"):
+        os.remove(run / png)
+    redrawn = {os.path.basename(path) for path in replot_run(str(run), with_images=False)}
+    assert {"roc.png", "similarity.png", "history.png"} <= redrawn and "confusion_matrix.png" not in redrawn
+    for png in ("roc.png", "similarity.png"):
+        assert (run / png).stat().st_size > 10_000
 
     # The class centres are in the checkpoint: a new Trainer restores them (not fresh ones).
     config, _ = load_run(str(run))

@@ -357,7 +357,7 @@ class Trainer:
         report = self.evaluate_embeddings(curves=True)
         curves = report.pop("curves")
         if self.chief:
-            self.run_dir.write_eval_report(report)
+            self.run_dir.write_eval_report(report, curves=curves)
             self._print(f"final eval on {report['identities']} held-out identities ({'EMA weights' if self.ema else 'weights'}): "
                         f"retrieval top-1 {report['retrieval_top1']:.4f}, ROC AUC {report['roc_auc']:.4f}, TAR@FAR=1e-3 "
                         f"{report['tar_at_far_1e-3']:.4f}, TAR@FAR=1e-2 {report['tar_at_far_1e-2']:.4f}, best threshold "
@@ -383,23 +383,13 @@ class Trainer:
         from efficientnet_tf import plots
 
         try:
-            written = self._draw_plots(plots, confusion)
-            if curves is not None:
-                for draw, name in ((plots.plot_roc, plots.ROC_PNG), (plots.plot_similarity_histograms,
-                                                                     plots.SIMILARITY_PNG)):
-                    path = self.run_dir.file(name)
-                    draw(curves, path, title=f"{self.config.model.name}: held-out identities")
-                    written.append(path)
-            return written
+            return plots.save_run_plots(
+                self.run_dir.path, schedule=self.schedule, total_steps=self.steps_per_epoch * self.config.run.epochs,
+                steps_per_epoch=self.steps_per_epoch, confusion=confusion, class_names=self.source.class_names,
+                augmented=self.augmented_batch(), curves=curves)
         except (OSError, ValueError, RuntimeError) as err:  # a figure must not fail a finished run
             log.warning("plots not written (%s: %s)", type(err).__name__, err)
             return []
-
-    def _draw_plots(self, plots, confusion):
-        return plots.save_run_plots(
-            self.run_dir.path, schedule=self.schedule, total_steps=self.steps_per_epoch * self.config.run.epochs,
-            steps_per_epoch=self.steps_per_epoch, confusion=confusion, class_names=self.source.class_names,
-            augmented=self.augmented_batch())
 
     def _write_run_info(self) -> None:
         resumes = []

@@ -5,7 +5,8 @@
       history.csv         one row per finished epoch (HISTORY_COLUMNS)
       checkpoints/        tf.train checkpoints, one per epoch (the newest `keep_checkpoints`)
       logs/               TensorBoard summaries
-      eval_report.json    the final evaluation; confusion_matrix.npy beside it
+      eval_report.json    the final evaluation; confusion_matrix.npy beside it (classification)
+                          or verification_curves.npz (the embedding task's ROC and pair scores)
       *.png               plots (see `efficientnet_tf.plots`)
       export/             SavedModel and TFLite files (deploy.export)
 
@@ -31,6 +32,7 @@ RUN_JSON = "run.json"
 HISTORY_CSV = "history.csv"
 EVAL_REPORT_JSON = "eval_report.json"
 CONFUSION_NPY = "confusion_matrix.npy"
+CURVES_NPZ = "verification_curves.npz"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 EXPORT = "export"
@@ -181,16 +183,34 @@ class RunDir:
 
     # ------------------------------------------------------------------ evaluation
 
-    def write_eval_report(self, report: dict, confusion: np.ndarray | None = None) -> None:
+    def write_eval_report(self, report: dict, confusion: np.ndarray | None = None, curves: dict | None = None) -> None:
+        """The report, and what its plots are redrawn from: the confusion matrix, or the embedding
+        task's verification curves (`training.verification.verification_curves`)."""
         atomic_write(self.file(EVAL_REPORT_JSON), json.dumps(report, indent=2) + "\n")
         if confusion is not None:
-            buffer = io.BytesIO()
-            np.save(buffer, confusion)
-            atomic_write(self.file(CONFUSION_NPY), buffer.getvalue())
+            _write_numpy(self.file(CONFUSION_NPY), np.save, confusion)
+        if curves is not None:
+            _write_numpy(self.file(CURVES_NPZ), np.savez, **curves)
 
     def read_confusion(self) -> np.ndarray | None:
         path = self.file(CONFUSION_NPY)
         return np.load(io.BytesIO(files.read_bytes(path))) if files.exists(path) else None
+
+    def read_curves(self) -> dict | None:
+        path = self.file(CURVES_NPZ)
+        if not files.exists(path):
+            return None
+        with np.load(io.BytesIO(files.read_bytes(path))) as stored:
+            curves = {key: stored[key] for key in stored.files}
+        curves["best_threshold"] = float(curves["best_threshold"])
+        return curves
+
+
+def _write_numpy(path: str, save, *arrays, **named_arrays) -> None:
+    """`save` (np.save or np.savez) into `path` atomically, through the file layer (gs:// too)."""
+    buffer = io.BytesIO()
+    save(buffer, *arrays, **named_arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 def read_history_csv(path: str) -> list[dict]:
