@@ -22,6 +22,12 @@ tf.config.set_logical_device_configuration(
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (every variant, real training runs)")
+    # With -n 2, hand tests out two at a time. By default xdist gives each worker a block of a
+    # quarter of its share at the start (81 tests): the slow tests, sorted first below, all went to
+    # one worker, which ran alone for minutes after the other had finished. Set here, not in
+    # pytest.ini, so that a run without xdist does not stop at an unknown option.
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk", None) is None:
+        config.option.maxschedchunk = 1
 
 
 def pytest_unconfigure(config):

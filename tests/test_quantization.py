@@ -77,4 +77,5 @@ def test_layer_names_come_from_keras_scopes():
     assert keras_layer_name("m_probabilities_1/block2a_se_excite_1/mul;m/block2a_se_excite/x") == "block2a_se_excite"
     assert keras_layer_name("m_probabilities_1/stem_conv_1/convolution;;m/stem_conv_pad_1/Pad") == "stem_conv"
     assert keras_layer_name("StatefulPartitionedCall_1:0") == "probabilities"
+    assert keras_layer_name("StatefulPartitionedCall_1:0", "embedding_l2") == "embedding_l2"
     assert keras_layer_name("m_probabilities_1/top_conv_1") == "top_conv"

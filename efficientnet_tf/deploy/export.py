@@ -568,16 +568,15 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
                 write(quantization, content)
         if not {"int8", "int8_selective"} & set(formats):
             return paths
-        calibration = _attempt(failed, "int8_layer_errors", lambda: Int8Calibration(float_model, representative))
+        output_layer = model.layers[-1].name if is_embedding_model(model) else "probabilities"  # the graph's output
+        calibration = _attempt(failed, "int8_layer_errors",
+                               lambda: Int8Calibration(float_model, representative, output_layer=output_layer))
         errors = calibration and _attempt(failed, "int8_layer_errors", calibration.layer_errors)
         if not errors:
             if "int8_selective" in formats:
                 failed["int8_selective"] = failed.get("int8_layer_errors", "the int8 calibration found no quantized op")
             return paths
         report["int8_layer_errors"] = [e.as_dict() for e in errors]
-        if is_embedding_model(model):  # the converted graph's output is the embedding, not probabilities
-            for entry in report["int8_layer_errors"]:
-                entry["layer"] = "embedding_l2" if entry["layer"] == "probabilities" else entry["layer"]
         kept = ()
         if "int8_selective" in formats:
             reference = _predict(model.predict_on_batch, search)

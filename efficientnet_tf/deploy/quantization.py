@@ -54,10 +54,11 @@ class LayerError:
                 "rmse": self.rmse, "scale": self.scale, "rmse_over_scale": self.rmse_over_scale}
 
 
-def keras_layer_name(tensor_name: str) -> str:
-    """'model_probabilities_1/block2a_se_excite_1/mul;...' -> 'block2a_se_excite'."""
-    if tensor_name.startswith("StatefulPartitionedCall"):  # the signature's output: the softmax
-        return "probabilities"
+def keras_layer_name(tensor_name: str, output_layer: str = "probabilities") -> str:
+    """'model_probabilities_1/block2a_se_excite_1/mul;...' -> 'block2a_se_excite'; the
+    signature's output tensor -> `output_layer`, the layer that computes it."""
+    if tensor_name.startswith("StatefulPartitionedCall"):
+        return output_layer
     parts = tensor_name.split(";")[0].split("/")
     name = parts[1] if len(parts) > 1 else parts[0]
     return re.sub(r"_\d+$", "", name)
@@ -84,12 +85,16 @@ class Int8Calibration:
     """A float SavedModel calibrated once for int8; quantized with any set of ops kept in float.
 
     Args:
-        saved_model_dir: the float model (images 0..255 in, probabilities out).
+        saved_model_dir: the float model (images 0..255 in, probabilities or an embedding out).
         representative_images: images that set the activation ranges (float 0..255).
         debug_images: images the per-op errors are measured on (default: the representative ones).
+        output_layer: the Keras layer whose output is the model's output (its ops' errors are
+            reported under that name).
     """
 
-    def __init__(self, saved_model_dir: str, representative_images: np.ndarray, debug_images: np.ndarray | None = None):
+    def __init__(self, saved_model_dir: str, representative_images: np.ndarray, debug_images: np.ndarray | None = None,
+                 output_layer: str = "probabilities"):
+        self.output_layer = output_layer
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _images_dataset(representative_images)
@@ -110,7 +115,7 @@ class Int8Calibration:
             table.seek(0)
             self._errors = [
                 LayerError(index=i, op=row["op_name"], tensor=row["tensor_name"],
-                           layer=keras_layer_name(row["tensor_name"]),
+                           layer=keras_layer_name(row["tensor_name"], self.output_layer),
                            rmse=float(np.sqrt(max(float(row["mean_squared_error"]), 0.0))), scale=float(row["scale"]))
                 for i, row in enumerate(csv.DictReader(table))]
         return self._errors

@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def replot_run(model_dir: str, with_images: bool = True) -> list[str]:
-    """Redraw a run's plots from history.csv, run.json and confusion_matrix.npy; returns the
+    """Redraw a run's plots from history.csv, run.json and confusion_matrix.npy (embedding runs:
+    verification_curves.npz); returns the
     paths written. The augmented-image grid needs the dataset; when it cannot be loaded it is
     left out with a warning."""
     from efficientnet_tf import plots

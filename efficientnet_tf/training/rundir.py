@@ -20,13 +20,17 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
+import zipfile
 
 import numpy as np
 
 from efficientnet_tf import files
 from efficientnet_tf.files import atomic_write, move_aside
 from efficientnet_tf.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
 HISTORY_CSV = "history.csv"
@@ -197,13 +201,19 @@ class RunDir:
         return np.load(io.BytesIO(files.read_bytes(path))) if files.exists(path) else None
 
     def read_curves(self) -> dict | None:
+        """The stored verification curves; None when there are none or they cannot be read (a
+        warning: the plots they draw are left out, the run is not failed for them)."""
         path = self.file(CURVES_NPZ)
         if not files.exists(path):
             return None
-        with np.load(io.BytesIO(files.read_bytes(path))) as stored:
-            curves = {key: stored[key] for key in stored.files}
-        curves["best_threshold"] = float(curves["best_threshold"])
-        return curves
+        try:
+            with np.load(io.BytesIO(files.read_bytes(path))) as stored:
+                curves = {key: stored[key] for key in stored.files}
+            curves["best_threshold"] = float(curves["best_threshold"])
+            return curves
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            log.warning("%s unreadable (%s: %s): ROC and similarity plots left out", path, type(err).__name__, err)
+            return None
 
 
 def _write_numpy(path: str, save, *arrays, **named_arrays) -> None:
