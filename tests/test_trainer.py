@@ -117,11 +117,9 @@ def _run_two_workers(tmp_path, model_dir, worker1_signal="-", every=0):
 @pytest.mark.slow
 def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
     """Two workers train from 4 TFRecord files, each reading only its own 2 (and 1 of the 2
-    validation files), and end with the same weights. Then a second run, checkpointing every step,
-    where worker 1 is preempted (SIGTERM) in epoch 2: both stop after the same step and save
-    together, exit 143, and the restarted cluster ends with the uninterrupted run's weights.
-    (A hard kill, with no chance to save, is test_pod_input's: resuming from a step checkpoint is
-    the same code with one worker or two.)"""
+    validation files), and end with the same weights. Then a second run where worker 1 is
+    preempted (SIGTERM) in epoch 2: both stop after the same step and save together, exit 143,
+    and the restarted cluster ends with the uninterrupted run's weights."""
     from tfrecords import write_digits_records
 
     write_digits_records(str(tmp_path / "records"), train_files=4, eval_files=2)
@@ -149,11 +147,15 @@ def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
         reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "preempted" / "checkpoints")))
         return [int(reader.get_tensor(f"{n}/.ATTRIBUTES/VARIABLE_VALUE")) for n in ("epoch", "epoch_step")]
 
-    preempted = _run_two_workers(tmp_path, tmp_path / "preempted", "TERM:6", every=1)  # epoch 2, after step 2
+    preempted = _run_two_workers(tmp_path, tmp_path / "preempted", "TERM:6")  # epoch 2, after step 2
     assert [status for status, _ in preempted] == [143, 143], [output[-2000:] for _, output in preempted]
     assert "stopped by SIGTERM at epoch 2, step 2 of 4" in preempted[1][1]
     assert "stopped by SIGTERM at epoch 2, step 2 of 4" in preempted[0][1]  # the chief stopped with it
     assert newest_position() == [1, 2]
+    # Restarted with a checkpoint every step; worker 1 is then killed outright (no chance to save)
+    # after its second step (epoch 2, step 4): the step 3 checkpoint is what is left.
+    killed = _run_two_workers(tmp_path, tmp_path / "preempted", "KILL:2", every=1)
+    assert killed[1][0] == -signal.SIGKILL and newest_position() == [1, 3]
     resumed = _run_two_workers(tmp_path, tmp_path / "preempted")
     for status, output in resumed:
         assert status == 0, output[-3000:]
