@@ -301,7 +301,7 @@ def run_export() -> int:
     selective = report.get("int8_selective")
     if selective:
         tail = f" (from {selective['first_float_layer']} on)" if selective["float_ops"] else ""
-        measure = "mean cosine to the float embedding" if report.get("task") == "embedding" else "agreement"
+        measure = "nearest-neighbour agreement" if report.get("task") == "embedding" else "agreement"
         print(f"int8_selective: {selective['float_ops']} of {selective['float_ops'] + selective['quantized_ops']} ops "
               f"kept in float{tail}, search {measure} {selective['search_agreement']:.4f} (target "
               f"{selective['target_agreement']}{'' if selective['target_met'] else ', NOT met: ' + selective['reason']})")

@@ -323,6 +323,33 @@ def test_a_failed_format_is_reported_and_the_others_are_written(run_copy, tmp_pa
         assert json.load(f)["failed"] == report["failed"]
 
 
+def test_cli_exits_1_naming_a_failed_format_and_writes_the_others(run_copy):
+    """main.py with the float16 converter failing (patched in the process main.py runs in): exit
+    status 1, one line naming the format and why, no traceback; the other formats are written."""
+    code = ("import runpy, sys\n"
+            "from efficientnet_tf.deploy import export\n"
+            "real = export.convert_saved_model\n"
+            "def convert(model, quantization, *args):\n"
+            "    if quantization == 'float16':\n"
+            "        raise RuntimeError('converter crashed\\nsecond line')\n"
+            "    return real(model, quantization, *args)\n"
+            "export.convert_saved_model = convert\n"
+            f"sys.argv = ['main.py', '--mode=export', '--model_dir={run_copy}', '--tflite=float32,float16', "
+            "'--check_images=16']\n"
+            "runpy.run_path('main.py', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: not exported: float16 (RuntimeError: converter crashed); everything else was written")
+    assert "Traceback" not in result.stderr
+    destination = os.path.join(run_copy, "export")
+    assert sorted(os.listdir(destination)) == ["export_report.json", "model_float32.tflite", "saved_model"]
+    with open(os.path.join(destination, "export_report.json")) as f:
+        written = json.load(f)
+    assert written["failed"] == {"float16": "RuntimeError: converter crashed"} and set(written["tflite"]) == {"float32", "keras_float32"}
+    assert "float32" in result.stdout and "float16" not in result.stdout
+
+
 def test_onnx_without_its_extra_says_how_to_install(monkeypatch, tiny_run, tmp_path):
     import importlib.util
 

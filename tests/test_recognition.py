@@ -333,3 +333,46 @@ def test_embedding_graphs_for_tflite_are_normalised_except_for_int16x8():
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), normalised, atol=1e-5)
     with pytest.raises(ValueError, match="embedding_head='flatten' makes an embedding: give embedding_dim"):
         build_model("efficientnet-lite0", include_top=False, input_shape=(32, 32, 3), embedding_head="flatten")
+
+
+def test_an_exported_embedding_that_collapses_to_zero_is_measured_not_failed(tmp_path):
+    """A quantized embedding can come out all zero for some images: the export report counts those
+    rows, scores them as cosine 0, no neighbour and retrieval misses (numpy reference below), and
+    still measures the format."""
+    from efficientnet_tf.deploy.export import embedding_report
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(4, 6))
+    labels = np.repeat(np.arange(4), 8)
+    inputs = (centres[labels] + 0.5 * rng.normal(size=(32, 6))).astype(np.float32)
+    inputs[[2, 9, 17]] = -np.abs(inputs[[2, 9, 17]]) - 0.1  # all negative: ReLU gives zero rows
+    floats = keras.Input((6,))
+    reference_model = keras.Model(floats, keras.layers.Dense(6, use_bias=False, kernel_initializer="identity")(floats))
+    served = keras.Model(floats, keras.layers.ReLU()(reference_model(floats)))
+    path = tmp_path / "collapsing.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(served).convert())
+    report = embedding_report(reference_model, {"float32": str(path)}, inputs, labels, batch_size=8, num_eval=32)
+
+    out = np.maximum(inputs, 0)
+    live = out.any(axis=1)
+    assert live.sum() == 29
+    unit_ref = inputs / np.linalg.norm(inputs, axis=1, keepdims=True)
+    unit_out = np.zeros_like(out)
+    unit_out[live] = out[live] / np.linalg.norm(out[live], axis=1, keepdims=True)
+    cosines = (unit_ref * unit_out).sum(axis=1)
+
+    def neighbours(unit, alive):
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        similarity[:, ~alive] = -np.inf
+        return np.where(alive, similarity.argmax(axis=1), -1)
+
+    ours, theirs = neighbours(unit_out, live), neighbours(unit_ref, np.ones(32, bool))
+    entry = report["float32"]
+    assert entry["zero_rows"] == 3 and entry["images"] == 32
+    assert entry["mean_cosine"] == pytest.approx(cosines.mean(), abs=1e-5) and entry["min_cosine"] == pytest.approx(0, abs=1e-6)
+    assert entry["neighbour_agreement"] == pytest.approx(np.mean(ours == theirs), abs=1e-9)
+    hits = np.mean([ours[i] >= 0 and labels[ours[i]] == labels[i] for i in range(32)])
+    float_hits = np.mean(labels[theirs] == labels)
+    assert 0 < hits < 1 and entry["retrieval_top1"] == pytest.approx(hits, abs=1e-9)
+    assert entry["retrieval_top1_change"] == pytest.approx(hits - float_hits, abs=1e-9)

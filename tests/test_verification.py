@@ -204,6 +204,34 @@ def test_retrieval_singletons_are_distractors_not_queries_and_ties_take_the_lowe
     assert v.retrieval_top1(embeddings, labels) == brute_force_top1(embeddings, labels)
 
 
+
+def test_zero_rows_when_kept_are_misses_and_nobodys_neighbour(monkeypatch):
+    """zero_rows="zero" (a quantized model's collapsed output): a zero or non-finite row finds no
+    neighbour and is never found; the other rows' neighbours are the brute force's among the
+    rows that have a direction."""
+    embeddings, labels = clustered(identities=6, per_identity=5, dim=8, spread=0.6, seed=4)
+    embeddings[[3, 11, 12]] = 0.0
+    embeddings[20, 2] = np.nan
+    dead = {3, 11, 12, 20}
+    unit = [None if i in dead else e / np.linalg.norm(e) for i, e in enumerate(embeddings)]
+    expected = []
+    for q in range(len(unit)):
+        candidates = [(float(unit[q] @ unit[g]), -g) for g in range(len(unit))
+                      if unit[q] is not None and g != q and unit[g] is not None]
+        expected.append(-max(candidates)[1] if candidates else -1)
+    with pytest.raises(ValueError, match="4 of 30 embedding rows are zero or non-finite"):
+        v.nearest_neighbours(embeddings)
+    monkeypatch.setattr(v, "_RETRIEVAL_ROWS", 7)  # several query blocks
+    np.testing.assert_array_equal(v.nearest_neighbours(embeddings, zero_rows="zero"), expected)
+    hits = sum(expected[q] >= 0 and labels[expected[q]] == labels[q] for q in range(len(labels)))
+    assert 0 < hits < len(labels) - len(dead)  # hits and misses among the live rows
+    assert v.retrieval_top1(embeddings, labels, zero_rows="zero") == pytest.approx(hits / len(labels), abs=1e-12)
+    kept = v.unit_rows(embeddings, zero_rows="zero")
+    assert not kept[sorted(dead)].any() and np.allclose(np.linalg.norm(np.delete(kept, sorted(dead), 0), axis=1), 1)
+    with pytest.raises(ValueError, match="zero_rows must be one of raise, zero, got 'skip'"):
+        v.unit_rows(embeddings, zero_rows="skip")
+
+
 # ---- the report --------------------------------------------------------------------------------
 
 def test_identical_identity_clusters_score_perfectly():

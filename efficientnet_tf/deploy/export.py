@@ -367,10 +367,6 @@ def _add_latency(report: dict[str, dict], runners: dict[str, Callable], images: 
         report[name]["latency_ms_batch1"] = latency
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
 def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=None, batch_size: int = 32,
                      num_eval: int | None = None) -> dict[str, dict]:
     """`agreement_report` for an embedding model: for each exported file, size, I/O types, the
@@ -378,12 +374,14 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
     `images` (and the mean on the first `num_eval`), the share of `images` whose nearest other
     image is the one the float model finds (`neighbour_agreement`), leave-one-out 1-NN retrieval
     top-1 on the first `num_eval` images by their identity `labels` and its change from the float
-    model, and batch-1 latency."""
-    from efficientnet_tf.training.verification import nearest_neighbours, retrieval_top1
+    model, and batch-1 latency. An exported embedding row that is zero or non-finite (`zero_rows`,
+    counted) has cosine 0 to the float one and is nobody's neighbour, so it lowers every measure
+    instead of failing the format."""
+    from efficientnet_tf.training.verification import nearest_neighbours, retrieval_top1, unit_rows
 
     images = np.asarray(images, np.float32)
     num_eval = len(images) if num_eval is None else num_eval
-    reference = _unit(_predict(model.predict_on_batch, images, batch_size))
+    reference = unit_rows(_predict(model.predict_on_batch, images, batch_size))
     reference_neighbours = nearest_neighbours(reference)
     labels = None if labels is None else np.asarray(labels)[:num_eval]
     if labels is not None and (len(labels) == 0 or np.unique(labels, return_counts=True)[1].max() < 2):
@@ -393,14 +391,16 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
     runners = _runners(paths)
     report = {}
     for name, runner in runners.items():
-        embeddings = _unit(_predict(runner, images, batch_size))
+        embeddings = unit_rows(_predict(runner, images, batch_size), zero_rows="zero")
         cosines = np.sum(embeddings * reference, axis=-1)
         entry = {"size_bytes": os.path.getsize(paths[name]), "io": runner.io_types,
                  "mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min()), "images": int(len(images)),
                  "eval_mean_cosine": float(cosines[:num_eval].mean()), "eval_images": int(num_eval),
-                 "neighbour_agreement": float(np.mean(nearest_neighbours(embeddings) == reference_neighbours))}
+                 "zero_rows": int((~embeddings.any(axis=1)).sum()),
+                 "neighbour_agreement": float(np.mean(nearest_neighbours(embeddings, zero_rows="zero")
+                                                      == reference_neighbours))}
         if labels is not None:
-            entry["retrieval_top1"] = retrieval_top1(embeddings[:num_eval], labels)
+            entry["retrieval_top1"] = retrieval_top1(embeddings[:num_eval], labels, zero_rows="zero")
             entry["retrieval_top1_change"] = entry["retrieval_top1"] - float_retrieval
         report[name] = entry
     _add_latency(report, runners, images)
@@ -589,7 +589,7 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
                 reference_neighbours = nearest_neighbours(reference)
 
                 def agreement(content: bytes) -> float:
-                    return float(np.mean(nearest_neighbours(_predict(TFLiteRunner(content), search))
+                    return float(np.mean(nearest_neighbours(_predict(TFLiteRunner(content), search), zero_rows="zero")
                                          == reference_neighbours))
             else:
                 def agreement(content: bytes) -> float:

@@ -198,7 +198,7 @@ class RunDir:
 
     def read_confusion(self) -> np.ndarray | None:
         path = self.file(CONFUSION_NPY)
-        return np.load(io.BytesIO(files.read_bytes(path))) if files.exists(path) else None
+        return _read_numpy(path) if files.exists(path) else None
 
     def read_curves(self) -> dict | None:
         """The stored verification curves; None when there are none or they cannot be read (a
@@ -207,7 +207,7 @@ class RunDir:
         if not files.exists(path):
             return None
         try:
-            with np.load(io.BytesIO(files.read_bytes(path))) as stored:
+            with _read_numpy(path) as stored:
                 curves = {key: stored[key] for key in stored.files}
             curves["best_threshold"] = float(curves["best_threshold"])
             return curves
@@ -221,6 +221,11 @@ def _write_numpy(path: str, save, *arrays, **named_arrays) -> None:
     buffer = io.BytesIO()
     save(buffer, *arrays, **named_arrays)
     atomic_write(path, buffer.getvalue())
+
+
+def _read_numpy(path: str):
+    """What `_write_numpy` wrote: an array (.npy) or an NpzFile (.npz), through the file layer."""
+    return np.load(io.BytesIO(files.read_bytes(path)))
 
 
 def read_history_csv(path: str) -> list[dict]:

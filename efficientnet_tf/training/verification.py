@@ -139,19 +139,35 @@ def _sorted_rows(pairs: np.ndarray) -> np.ndarray:
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _unit_rows(embeddings, dtype=None) -> np.ndarray:
-    """Rows scaled to unit L2 norm (norms computed in float64); zero or non-finite rows raise."""
+ZERO_ROWS = ("raise", "zero")
+
+
+def unit_rows(embeddings, dtype=None, zero_rows: str = "raise") -> np.ndarray:
+    """Rows scaled to unit L2 norm (norms computed in float64).
+
+    Args:
+      embeddings: [images, dim], at least one row.
+      dtype: of the result; default: the embeddings' float type, at least float32.
+      zero_rows: what a zero or non-finite row (no direction) does: "raise" a ValueError, or
+        become a zero row ("zero"), which `retrieval_top1` and `nearest_neighbours` then treat as
+        similar to nothing. "zero" is for measuring a quantized model whose output may collapse.
+    """
+    if zero_rows not in ZERO_ROWS:
+        raise ValueError(f"zero_rows must be one of {', '.join(ZERO_ROWS)}, got {zero_rows!r}")
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or not len(embeddings):
         raise ValueError(f"embeddings must be 2-D [images, dim] with at least one row, got shape {embeddings.shape}")
     if dtype is None:
         dtype = np.result_type(embeddings.dtype, np.float32)
     wide = embeddings.astype(np.float64)
-    norms = np.linalg.norm(wide, axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(wide, axis=1)
     bad = ~np.isfinite(wide).all(axis=1) | (norms == 0) | ~np.isfinite(norms)
-    if bad.any():
+    if bad.any() and zero_rows == "raise":
         raise ValueError(f"{int(bad.sum())} of {len(embeddings)} embedding rows are zero or non-finite "
                          f"(first: row {int(np.flatnonzero(bad)[0])}); their cosine similarity is undefined")
+    wide[bad] = 0.0
+    norms[bad] = 1.0
     return (wide / norms[:, None]).astype(dtype)
 
 
@@ -161,7 +177,7 @@ def cosine_scores(embeddings, pairs) -> np.ndarray:
     Rows are L2-normalised first; a zero or non-finite row raises ValueError (it has no direction,
     and a silent NaN would poison every metric computed from the scores).
     """
-    unit = _unit_rows(embeddings, np.float64)
+    unit = unit_rows(embeddings, np.float64)
     pairs = np.asarray(pairs)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or (pairs.size and not np.issubdtype(pairs.dtype, np.integer)):
         raise ValueError(f"pairs must be an integer array of shape [pairs, 2], got {pairs.dtype} {pairs.shape}")
@@ -261,17 +277,18 @@ def best_threshold_accuracy(positive_scores, negative_scores) -> tuple[float, fl
     return float(correct[best] / (len(positive) + len(negative))), float(threshold)
 
 
-def retrieval_top1(embeddings, labels) -> float:
+def retrieval_top1(embeddings, labels, zero_rows: str = "raise") -> float:
     """Leave-one-out 1-nearest-neighbour accuracy by cosine similarity.
 
     Each image whose identity has at least 2 images is a query against all other images
     (singletons are gallery distractors, not queries); it scores 1 when its most similar other
     image has its identity. Ties in similarity go to the lowest image index. Computed in blocks of
     query rows, in the embeddings' precision (float32 stays float32), so 50k images never need a
-    50k x 50k matrix.
+    50k x 50k matrix. `zero_rows` as in `unit_rows`: with "zero", a zero row is a miss as a query
+    and never found as a neighbour.
     """
     labels = _labels_1d(labels)
-    unit = _unit_rows(embeddings)
+    unit = unit_rows(embeddings, zero_rows=zero_rows)
     if len(unit) != len(labels):
         raise ValueError(f"{len(unit)} embeddings but {len(labels)} labels")
     _, identity, counts = np.unique(labels, return_inverse=True, return_counts=True)
@@ -279,23 +296,31 @@ def retrieval_top1(embeddings, labels) -> float:
     _require_positive(counts)
     queries = np.flatnonzero(counts[identity] >= 2)
     nearest = _nearest_others(unit, queries)
-    return int((identity[nearest] == identity[queries]).sum()) / len(queries)
+    found = nearest >= 0
+    return int((identity[nearest[found]] == identity[queries[found]]).sum()) / len(queries)
 
 
-def nearest_neighbours(embeddings) -> np.ndarray:
+def nearest_neighbours(embeddings, zero_rows: str = "raise") -> np.ndarray:
     """For every image, the index of its most similar *other* image by cosine similarity (ties:
-    the lowest index); in blocks, like `retrieval_top1`."""
-    unit = _unit_rows(embeddings)
+    the lowest index); in blocks, like `retrieval_top1`. With zero_rows="zero" (see `unit_rows`),
+    a zero row has no neighbour (-1) and is nobody's neighbour."""
+    unit = unit_rows(embeddings, zero_rows=zero_rows)
     return _nearest_others(unit, np.arange(len(unit)))
 
 
 def _nearest_others(unit: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Index of each query row's most similar other row of `unit`; -1 where there is none (a zero
+    row, or every other row is zero)."""
     nearest = np.empty(len(queries), np.int64)
+    empty = ~unit.any(axis=1)
     for start in range(0, len(queries), _RETRIEVAL_ROWS):
         rows = queries[start:start + _RETRIEVAL_ROWS]
         similarity = unit[rows] @ unit.T
         similarity[np.arange(len(rows)), rows] = -np.inf  # leave the query itself out
-        nearest[start:start + len(rows)] = np.argmax(similarity, axis=1)  # first maximum: lowest index
+        similarity[:, empty] = -np.inf  # a zero row is similar to nothing
+        best = np.argmax(similarity, axis=1)  # first maximum: lowest index
+        best[empty[rows] | np.isneginf(similarity[np.arange(len(rows)), best])] = -1
+        nearest[start:start + len(rows)] = best
     return nearest
 
 
