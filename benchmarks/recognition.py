@@ -1,14 +1,16 @@
 """Recognition embeddings on held-out identities, and how their quantized exports keep them.
 
-Trains EfficientNet embeddings on the offline digits data as identities (trains on 0-6, holds
-out 7, 8, 9: `--task=embedding`'s digits default) with each loss/head pair, and prints the
-held-out verification and retrieval figures: leave-one-out 1-NN retrieval top-1, ROC AUC,
-TAR at FAR 1e-3 and 1e-2, next to what the raw 8x8 pixels give. Then exports the ArcFace runs
-to TFLite and prints, per format, on every one of the 1,797 images the mean and minimum cosine
-similarity to the float embedding and the share of images that keep their nearest neighbour, and
-the held-out retrieval top-1 against the float model's.
+Trains EfficientNet embeddings on offline identity data with each loss/head pair: digits as
+identities (trains on 0-6, holds out 7, 8, 9: `--task=embedding`'s digits default) or glyphs (129
+characters drawn in matplotlib's fonts, a seeded 20% of the characters held out). Prints the
+held-out verification and retrieval figures: leave-one-out 1-NN retrieval top-1, ROC AUC, TAR at
+FAR 1e-3 and 1e-2, next to what the raw pixels give. Then exports the ArcFace runs to TFLite and
+prints, per format, on every image the mean and minimum cosine similarity to the float embedding
+and the share of images that keep their nearest neighbour, and the held-out retrieval top-1
+against the float model's.
 
-    python benchmarks/recognition.py                       # B0 at 32 px, 3 runs + 2 exports: ~20 min on 2 cores
+    python benchmarks/recognition.py                       # digits, B0 at 32 px, 3 runs + 2 exports: ~20 min on 2 cores
+    python benchmarks/recognition.py --dataset glyphs --formats    # many identities; no exports
     python benchmarks/recognition.py --image_size 64 --runs arcface:flatten softmax:gap
 """
 
@@ -28,7 +30,8 @@ KEYS = ("retrieval_top1", "roc_auc", "tar_at_far_1e-3", "tar_at_far_1e-2")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="efficientnet-b0")
-    parser.add_argument("--dataset", default="digits", help="digits or folder:PATH (one sub-folder per identity)")
+    parser.add_argument("--dataset", default="digits",
+                        help="digits, glyphs or folder:PATH (one sub-folder per identity)")
     parser.add_argument("--runs", nargs="+", default=RUNS, help="LOSS:HEAD pairs (arcface, cosface, softmax; gap, flatten)")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=15)
@@ -46,16 +49,17 @@ def main(argv=None) -> int:
     from efficientnet_tf.training import TrainConfig, Trainer
 
     print(f"machine: {common.machine()}")
-    print(f"{args.model} at {args.image_size} px, {args.epochs} epochs, {args.embedding_dim}-d, digits 0-6 train, "
-          f"7-9 held out")
+    from efficientnet_tf.data.identities import identity_source
+
+    source = identity_source(args.dataset)  # the split every run below trains and evaluates on (seed 0)
+    print(f"{args.model} at {args.image_size} px, {args.epochs} epochs, {args.embedding_dim}-d, {args.dataset}: "
+          f"{source.split_description}")
     print(f"{'loss:head':<18}" + "".join(f"{key:>17}" for key in KEYS))
-    if args.dataset == "digits":
-        # What no training gives: the held-out digits' raw 8x8 pixels as the embedding.
-        from efficientnet_tf.data.identities import identity_source
+    if args.dataset in ("digits", "glyphs"):
+        # What no training gives: the held-out identities' raw pixels as the embedding.
         from efficientnet_tf.training.verification import verification_report
 
-        held_out = identity_source("digits").examples("eval").batch(4096)
-        pixels, labels = (t.numpy() for t in next(iter(held_out)))
+        pixels, labels = (t.numpy() for t in next(iter(source.examples("eval").batch(source.num_eval))))
         raw = verification_report(pixels.reshape(len(pixels), -1).astype("float32"), labels, seed=0)
         print(f"{'raw pixels':<18}" + "".join(f"{raw[key]:>17.4f}" for key in KEYS), flush=True)
     runs = []

@@ -38,14 +38,15 @@ def test_default_run_prints_no_tensorflow_startup_noise(tmp_path):
 
 @pytest.mark.parametrize("how", ["environment", "flag"])
 def test_the_users_log_level_wins(tmp_path, how):
-    """TF_CPP_MIN_LOG_LEVEL=0 (or --tf_log_level=0) shows TensorFlow's own lines again (the
-    oneDNN notice of its library loading appears on every x86 machine)."""
+    """TF_CPP_MIN_LOG_LEVEL=0 (or --tf_log_level=0) shows TensorFlow's own lines again, down to
+    its INFO lines (level 0 only). Which INFO lines depends on the machine: the oneDNN notice
+    (port.cc) on some x86 CPUs and not on others, CUDA probing where there is no GPU, device
+    creation where there is one."""
     if how == "environment":
         stderr = _summary(tmp_path, TF_CPP_MIN_LOG_LEVEL="0")
     else:
         stderr = _summary(tmp_path, "--tf_log_level=0", TF_CPP_MIN_LOG_LEVEL="3")  # the flag beats the variable
-    assert NATIVE_LOG_LINE.search(stderr), stderr
-    assert "port.cc" in stderr
+    assert re.search(r"^I\d{4} ", stderr, re.MULTILINE), stderr
 
 
 def test_log_level_resolution():

@@ -128,6 +128,47 @@ def test_digits_identity_split_is_disjoint_and_holds_out_7_8_9():
     assert len(set(_digits_labels_of(source, "eval")[:12])) == 3
 
 
+def test_glyph_identities_are_every_font_that_has_the_character_split_by_character():
+    """glyphs: one image per font that maps the character (counted by matplotlib's own FreeType
+    wrapper, not by the renderer), case visible on a common baseline, a seeded 20% of the
+    characters held out, every image on exactly one side."""
+    from matplotlib.ft2font import FT2Font
+
+    from efficientnet_tf.data.glyphs import CHARACTERS, FONT_FILES, font_directory, glyph_images
+
+    images, owners, identities = glyph_images()
+    assert identities == tuple(CHARACTERS) and len(set(CHARACTERS)) == len(CHARACTERS) == 129
+    fonts = [FT2Font(os.path.join(font_directory(), name)) for name in FONT_FILES]
+    for identity, character in enumerate(CHARACTERS):
+        having = sum(font.get_char_index(ord(character)) != 0 for font in fonts)
+        # Computer Modern's map is ASCII-only, so it never claims a Greek or Cyrillic letter.
+        assert (owners == identity).sum() == having == (21 if character.isascii() else 16), character
+    ink = images[..., 0] > 127
+    assert ink.any(axis=(1, 2)).all()  # no empty image
+    assert not (ink[:, 0].any() or ink[:, -1].any() or ink[:, :, 0].any() or ink[:, :, -1].any())  # none clipped
+    rows = ink.any(axis=2)
+    top, bottom = rows.argmax(axis=1), 31 - rows[:, ::-1].argmax(axis=1)
+    for upper, lower in ("Oo", "Ss", "Жж"):  # same shape, other case: taller, same baseline
+        u, l = owners == CHARACTERS.index(upper), owners == CHARACTERS.index(lower)
+        assert (top[u] < top[l]).all() and (np.abs(bottom[u] - bottom[l]) <= 1).all()
+    assert (bottom[owners == CHARACTERS.index("p")] > bottom[owners == CHARACTERS.index("o")] + 2).all()  # descender
+
+    source, same, other = identity_source("glyphs"), identity_source("glyphs", seed=0), identity_source("glyphs", seed=3)
+    assert source.eval_class_names == same.eval_class_names != other.eval_class_names
+    assert len(source.eval_class_names) == 26 and len(source.class_names) == 103
+    assert set(source.class_names) | set(source.eval_class_names) == set(CHARACTERS)
+    assert source.native_size == 32 and not source.flip_ok
+    from collections import Counter
+
+    rendered = Counter((image.tobytes(), identities[owner]) for image, owner in zip(images, owners))
+    served = Counter()
+    for split, names in (("train", source.class_names), ("eval", source.eval_class_names)):
+        for batch, labels in source.examples(split).batch(1024):
+            served.update((image.tobytes(), names[label]) for image, label in zip(batch.numpy(), labels.numpy()))
+    # Every rendered image exactly once, under its own character (two fonts may draw one alike).
+    assert served == rendered and source.num_train + source.num_eval == len(images)
+
+
 def _identity_folder(root, counts):
     from PIL import Image
 
@@ -161,7 +202,7 @@ def test_identity_data_bad_input_is_one_line(tmp_path):
         identity_source(singles)
     with pytest.raises(ValueError, match="held_out_identities must be a share in \\(0, 1\\), got 0"):
         identity_source("digits", held_out_fraction=0)
-    with pytest.raises(ValueError, match="reads identities from digits or folder:PATH, got 'cifar10'"):
+    with pytest.raises(ValueError, match="reads identities from digits or glyphs or folder:PATH, got 'cifar10'"):
         identity_source("cifar10")
 
 
@@ -176,7 +217,7 @@ def test_identity_data_bad_input_is_one_line(tmp_path):
     (dict(embedding_head="flatten", model="efficientnetv2-b0", dataset="folder:/faces"), "embedding_head",
      "training 192 px, evaluation 224 px"),
     (dict(loss="softmax", margin=0.3), "margin", "the softmax loss has none"),
-    (dict(dataset="cifar10"), "dataset", "reads identities from digits or folder:PATH"),
+    (dict(dataset="cifar10"), "dataset", "reads identities from digits or glyphs or folder:PATH"),
 ])
 def test_embedding_settings_bad_values(settings, name, message):
     with pytest.raises(SettingError, match=message) as err:

@@ -21,7 +21,8 @@ class DataConfig:
     """Which dataset a run reads and the image sizes it trains and evaluates at."""
 
     dataset: str = setting("digits", "TFDS name (cifar10, oxford_flowers102, imagenet2012, ...), folder:PATH, "
-                           "digits (offline) or synthetic.")
+                           "digits (offline) or synthetic; the embedding task: digits, glyphs (offline, 129 "
+                           "characters as identities) or folder:PATH.")
     data_dir: str | None = setting(None, "TFDS data directory.")
     image_size: int | None = setting(None, "Evaluation and export size; default: the model's resolution, 32 for "
                                      "datasets of images under 64 px (CIFAR, digits).")

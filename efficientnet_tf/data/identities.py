@@ -26,7 +26,7 @@ from efficientnet_tf.data.sources import (
 
 log = logging.getLogger(__name__)
 
-IDENTITY_DATASETS = ("digits", "folder:PATH")
+IDENTITY_DATASETS = ("digits", "glyphs", "folder:PATH")
 DIGITS_HELD_OUT = ("7", "8", "9")
 DEFAULT_HELD_OUT_FRACTION = 0.2
 MIN_IDENTITIES = 2  # on each side: a loss needs two classes, verification a negative pair
@@ -37,10 +37,10 @@ def identity_source(name: str, held_out_fraction: float | None = None, seed: int
     """A dataset split by identity.
 
     Args:
-        name: 'digits' (the 10 digits as identities) or 'folder:PATH' (one sub-folder of images
-            per identity).
+        name: 'digits' (the 10 digits as identities), 'glyphs' (129 characters as identities, one
+            image per font: data.glyphs) or 'folder:PATH' (one sub-folder of images per identity).
         held_out_fraction: share of the identities held out (seeded, at least 2 on each side);
-            None: digits 7, 8 and 9, folders 0.2.
+            None: digits 7, 8 and 9, glyphs and folders 0.2.
         seed: picks the held-out identities.
         on_bad_image: folders: 'error' names unreadable files, 'skip' leaves them out.
     """
@@ -51,13 +51,16 @@ def identity_source(name: str, held_out_fraction: float | None = None, seed: int
         identities = [str(i) for i in range(10)]
         members = {identity: np.flatnonzero(labels == i) for i, identity in enumerate(identities)}
         held_out = DIGITS_HELD_OUT if held_out_fraction is None else _held_out(identities, held_out_fraction, seed)
-
-        def read(examples):
-            pixels = tf.constant(images)
-            return examples.map(lambda index, label: (tf.gather(pixels, index), label))
-
-        return _split(name, identities, members, held_out, read, seed, native_size=8, flip_ok=False,
+        return _split(name, identities, members, held_out, _reader(images), seed, native_size=8, flip_ok=False,
                       chosen="digits' default" if held_out_fraction is None else f"a seeded {held_out_fraction:.3g}, seed {seed}")
+    if name == "glyphs":
+        from efficientnet_tf.data.glyphs import IMAGE_SIZE, glyph_images
+
+        images, owners, identities = glyph_images()
+        members = {identity: np.flatnonzero(owners == i) for i, identity in enumerate(identities)}
+        fraction = DEFAULT_HELD_OUT_FRACTION if held_out_fraction is None else held_out_fraction
+        return _split(name, list(identities), members, _held_out(list(identities), fraction, seed), _reader(images),
+                      seed, native_size=IMAGE_SIZE, flip_ok=False, chosen=f"a seeded {fraction:.3g}, seed {seed}")
     if name.startswith("folder:"):
         root = os.path.expanduser(name[len("folder:"):])
         if not os.path.isdir(root):
@@ -84,6 +87,15 @@ def identity_source(name: str, held_out_fraction: float | None = None, seed: int
         return _split(name, identities, members, _held_out(identities, fraction, seed), read, seed, native_size=None,
                       flip_ok=True, chosen=f"a seeded {fraction:.3g}, seed {seed}")
     raise ValueError(f"the embedding task reads identities from {' or '.join(IDENTITY_DATASETS)}, got {name!r}")
+
+
+def _reader(images: np.ndarray):
+    """(index, label) examples -> (image, label) from images held in memory."""
+    def read(examples):
+        pixels = tf.constant(images)
+        return examples.map(lambda index, label: (tf.gather(pixels, index), label))
+
+    return read
 
 
 def _held_out(identities: list[str], fraction: float, seed: int) -> tuple[str, ...]:

@@ -184,7 +184,7 @@ class RecognitionConfig:
     margin_scale: float = setting(DEFAULT_SCALE, "Embedding task: the scale s of arcface/cosface logits.")
     held_out_identities: float | None = setting(
         None, "Embedding task: share of the identities held out (seeded) for evaluation; default: digits 7, 8, 9, "
-        "folders 0.2.")
+        "glyphs and folders 0.2.")
 
     @property
     def embedding(self) -> bool:
@@ -277,7 +277,7 @@ class TrainConfig:
         from efficientnet_tf.data.identities import IDENTITY_DATASETS
 
         dataset = self.data.dataset
-        _check(dataset == "digits" or dataset.startswith("folder:"), "dataset",
+        _check(dataset in ("digits", "glyphs") or dataset.startswith("folder:"), "dataset",
                f"the embedding task reads identities from {' or '.join(IDENTITY_DATASETS)}, got {dataset!r}")
         mixing = {"mixup_alpha": self.augment.mixup_alpha, "cutmix_alpha": self.augment.cutmix_alpha,
                   "progressive_max_mixup": (self.progressive.max_mixup or 0) if self.progressive.stages > 1 else 0}
@@ -287,8 +287,8 @@ class TrainConfig:
         _check(self.data.eval_dataset is None, "eval_dataset",
                "the embedding task evaluates on its own held-out identities; eval_dataset applies to classification")
         if self.recognition.embedding_head == "flatten":
-            # Digits are small images (one size); a folder's sizes vary, where V2 trains smaller.
-            train_size, eval_size = self.image_sizes(8 if dataset == "digits" else None)
+            # Digits and glyphs are small images (one size); a folder's sizes vary, where V2 trains smaller.
+            train_size, eval_size = self.image_sizes({"digits": 8, "glyphs": 32}.get(dataset))
             _check(self.progressive.stages <= 1 and train_size == eval_size, "embedding_head",
                    f"the flatten head flattens a feature map of one fixed size: train and evaluate at one "
                    f"image size (no progressive learning; here training {train_size} px, evaluation {eval_size} px: "
@@ -365,8 +365,8 @@ class TrainConfig:
 
         data = self.data
         if self.recognition.embedding:
-            if data.dataset != "digits":
-                return None, None  # a folder: any size, and opening it checks every file
+            if data.dataset.startswith("folder:"):
+                return None, None  # any size, and opening it checks every file
             source = self.load_source()
             return source.native_size, source.num_train
         return peek_dataset(data.dataset, data.data_dir, validation_fraction=data.validation_fraction,
