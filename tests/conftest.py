@@ -37,7 +37,8 @@ def pytest_collection_modifyitems(config, items):
     first block of tests holds them all, so one worker runs them while the other runs the rest.
     Handing tests out two at a time (--maxschedchunk=1) and work stealing (--dist worksteal) were
     both measured no faster on 2 cores: the CPU work sets the time, and module fixtures were then
-    built on both workers; work stealing took 55 minutes where the default had taken 29.)"""
+    built on both workers. Work stealing took 60 minutes on one machine where the default had taken
+    29-31 on others: not side by side, but no sign of a gain.)"""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
