@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from efficientnet_tf import build_model
 from efficientnet_tf.data.identities import identity_source
+from efficientnet_tf.data.sources import get_source
 from efficientnet_tf.settings import SettingError
 from efficientnet_tf.training import TrainConfig, Trainer
 from efficientnet_tf.training.rundir import load_run
@@ -204,6 +205,11 @@ def test_identity_data_bad_input_is_one_line(tmp_path):
         identity_source("digits", held_out_fraction=0)
     with pytest.raises(ValueError, match="reads identities from digits or glyphs or folder:PATH, got 'cifar10'"):
         identity_source("cifar10")
+    # The other way round: glyphs has no classification split.
+    with pytest.raises(SettingError, match="dataset 'glyphs' holds identities, not classes: it is for the embedding "
+                       r"task \(task=embedding\)") as err:
+        get_source("glyphs")
+    assert err.value.setting == "dataset"
 
 
 @pytest.mark.parametrize("settings,name,message", [
@@ -228,6 +234,25 @@ def test_embedding_settings_bad_values(settings, name, message):
 QUICK = dict(task="embedding", model="efficientnet-b0", dataset="digits", batch_size=16, image_size=32, epochs=1,
              dropout_rate=0.0, drop_connect_rate=0.0, label_smoothing=0.0, seed=0, ema_decay=0.0,
              embedding_dim=64, margin_scale=16.0)
+
+
+def test_softmax_baseline_classifies_the_embedding_before_its_unit_normalization(tmp_path):
+    """On unit vectors a classifier's logits are bounded by its weights' norms (it barely learned:
+    glyphs' training accuracy 0.047 after 15 epochs); the baseline classifies the raw embedding,
+    here against a model built without the normalization and numpy's matmul."""
+    trainer = Trainer(TrainConfig.from_settings(**{**QUICK, "loss": "softmax", "margin_scale": 64.0},
+                                                model_dir=str(tmp_path)), verbose=False)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    logits, predicted = trainer._logits(tf.constant(images), tf.zeros([4], tf.int32), training=False)
+    unnormalized = build_model("efficientnet-b0", include_top=False, embedding_dim=64, input_shape=(32, 32, 3),
+                               l2_normalize_embedding=False)
+    unnormalized.set_weights(trainer.model.get_weights())
+    centres, bias = trainer.centres.get_weights()
+    raw = unnormalized(images).numpy()
+    np.testing.assert_allclose(logits.numpy(), raw @ centres + bias, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(predicted.numpy(), logits.numpy())
+    unit = trainer.model(images).numpy()  # what the model exports and evaluates: the unit embedding
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ FONT_FILES = tuple(
     + [f"STIXGeneral{style}.ttf" for style in ("", "Bol", "Italic", "BolIta")]
     + [f"cm{face}10.ttf" for face in ("r", "ss", "tt", "ti", "b")])
 # Computer Modern maps only ASCII.
-_ASCII_ONLY = ("cmr10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf", "cmb10.ttf")
+_ASCII_ONLY = tuple(font for font in FONT_FILES if font.startswith("cm"))
 
 
 def font_directory() -> str:

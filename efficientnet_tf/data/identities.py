@@ -14,6 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf.data import glyphs
 from efficientnet_tf.data.sources import (
     Source,
     _decode_file,
@@ -27,6 +28,8 @@ from efficientnet_tf.data.sources import (
 log = logging.getLogger(__name__)
 
 IDENTITY_DATASETS = ("digits", "glyphs", "folder:PATH")
+# The in-memory identity datasets' one image size (a folder's images vary in size).
+NATIVE_SIZES = {"digits": 8, "glyphs": glyphs.IMAGE_SIZE}
 DIGITS_HELD_OUT = ("7", "8", "9")
 DEFAULT_HELD_OUT_FRACTION = 0.2
 MIN_IDENTITIES = 2  # on each side: a loss needs two classes, verification a negative pair
@@ -51,16 +54,15 @@ def identity_source(name: str, held_out_fraction: float | None = None, seed: int
         identities = [str(i) for i in range(10)]
         members = {identity: np.flatnonzero(labels == i) for i, identity in enumerate(identities)}
         held_out = DIGITS_HELD_OUT if held_out_fraction is None else _held_out(identities, held_out_fraction, seed)
-        return _split(name, identities, members, held_out, _reader(images), seed, native_size=8, flip_ok=False,
+        return _split(name, identities, members, held_out, _reader(images), seed, native_size=NATIVE_SIZES[name],
+                      flip_ok=False,
                       chosen="digits' default" if held_out_fraction is None else f"a seeded {held_out_fraction:.3g}, seed {seed}")
     if name == "glyphs":
-        from efficientnet_tf.data.glyphs import IMAGE_SIZE, glyph_images
-
-        images, owners, identities = glyph_images()
+        images, owners, identities = glyphs.glyph_images()
         members = {identity: np.flatnonzero(owners == i) for i, identity in enumerate(identities)}
         fraction = DEFAULT_HELD_OUT_FRACTION if held_out_fraction is None else held_out_fraction
         return _split(name, list(identities), members, _held_out(list(identities), fraction, seed), _reader(images),
-                      seed, native_size=IMAGE_SIZE, flip_ok=False, chosen=f"a seeded {fraction:.3g}, seed {seed}")
+                      seed, native_size=NATIVE_SIZES[name], flip_ok=False, chosen=f"a seeded {fraction:.3g}, seed {seed}")
     if name.startswith("folder:"):
         root = os.path.expanduser(name[len("folder:"):])
         if not os.path.isdir(root):

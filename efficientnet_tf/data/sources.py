@@ -114,6 +114,10 @@ def imagenet21k_class_names() -> list[str]:
     return names + ["(unnamed class 21842)"]
 
 
+# Identity datasets (data.identities) with no classification split.
+EMBEDDING_ONLY_SOURCES = ("glyphs",)
+
+
 def available_sources() -> str:
     return ", ".join(OTHER_SOURCES + TFDS_EXAMPLES) + " or any TFDS image-classification dataset"
 
@@ -742,6 +746,9 @@ def tfds_source(name: str, data_dir: str | None = None, download: bool = True, *
     """
     import tensorflow_datasets as tfds
 
+    if name in EMBEDDING_ONLY_SOURCES:
+        raise SettingError("dataset", f"dataset {name!r} holds identities, not classes: it is for the embedding task "
+                           f"(task=embedding); for classification choose from {available_sources()}")
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # DatasetNotFoundError and friends

@@ -274,10 +274,10 @@ class TrainConfig:
                f"finetune_epochs ({self.model.finetune_epochs}) must be < epochs ({epochs})")
 
     def _validate_embedding(self) -> None:
-        from efficientnet_tf.data.identities import IDENTITY_DATASETS
+        from efficientnet_tf.data.identities import IDENTITY_DATASETS, NATIVE_SIZES
 
         dataset = self.data.dataset
-        _check(dataset in ("digits", "glyphs") or dataset.startswith("folder:"), "dataset",
+        _check(dataset in NATIVE_SIZES or dataset.startswith("folder:"), "dataset",
                f"the embedding task reads identities from {' or '.join(IDENTITY_DATASETS)}, got {dataset!r}")
         mixing = {"mixup_alpha": self.augment.mixup_alpha, "cutmix_alpha": self.augment.cutmix_alpha,
                   "progressive_max_mixup": (self.progressive.max_mixup or 0) if self.progressive.stages > 1 else 0}
@@ -288,7 +288,7 @@ class TrainConfig:
                "the embedding task evaluates on its own held-out identities; eval_dataset applies to classification")
         if self.recognition.embedding_head == "flatten":
             # Digits and glyphs are small images (one size); a folder's sizes vary, where V2 trains smaller.
-            train_size, eval_size = self.image_sizes({"digits": 8, "glyphs": 32}.get(dataset))
+            train_size, eval_size = self.image_sizes(NATIVE_SIZES.get(dataset))
             _check(self.progressive.stages <= 1 and train_size == eval_size, "embedding_head",
                    f"the flatten head flattens a feature map of one fixed size: train and evaluate at one "
                    f"image size (no progressive learning; here training {train_size} px, evaluation {eval_size} px: "

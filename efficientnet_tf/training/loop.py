@@ -125,6 +125,12 @@ class Trainer:
             # The embedding task's class centres belong to the loss: trained and checkpointed
             # with the run, never part of the exported model.
             self.centres = None
+            # The softmax baseline classifies the embedding before its unit normalization: on unit
+            # vectors a classifier's logits are bounded by its weights' norms and barely learn.
+            # (ArcFace and CosFace compare directions: the unit embedding.) Same layers and variables.
+            self.loss_model = self.model
+            if self.embedding and recognition.loss == "softmax":
+                self.loss_model = keras.Model(self.model.inputs, self.model.get_layer("embedding_l2").input)
             if self.embedding:
                 self.centres = ClassCentres(self.source.num_classes, recognition.loss, recognition.margin,
                                             recognition.margin_scale, name="class_centres")
@@ -202,7 +208,7 @@ class Trainer:
 
     def _logits(self, images, labels, training: bool):
         """(logits the loss takes, logits whose argmax is the prediction)."""
-        outputs = self.model(images, training=training)
+        outputs = self.loss_model(images, training=training)
         if self.centres is None:
             return outputs, outputs
         return self.centres(outputs, labels)
