@@ -240,8 +240,7 @@ def test_softmax_baseline_classifies_the_embedding_before_its_unit_normalization
     """On unit vectors a classifier's logits are bounded by its weights' norms (it barely learned:
     glyphs' training accuracy 0.047 after 15 epochs); the baseline classifies the raw embedding,
     here against a model built without the normalization and numpy's matmul."""
-    trainer = Trainer(TrainConfig.from_settings(**{**QUICK, "loss": "softmax", "margin_scale": 64.0},
-                                                model_dir=str(tmp_path)), verbose=False)
+    trainer = Trainer(TrainConfig.from_settings(**{**QUICK, "loss": "softmax"}, model_dir=str(tmp_path)), verbose=False)
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     logits, predicted = trainer._logits(tf.constant(images), tf.zeros([4], tf.int32), training=False)
     unnormalized = build_model("efficientnet-b0", include_top=False, embedding_dim=64, input_shape=(32, 32, 3),
