@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--embedding_dim", type=int, default=128)
     parser.add_argument("--margin_scale", type=float, default=30.0)
+    parser.add_argument("--margin", type=float, help="arcface/cosface margin (default: the loss's own, 0.5 / 0.35)")
     parser.add_argument("--formats", nargs="*", default=FORMATS, help="TFLite formats of the exports")
     parser.add_argument("--export", nargs="*", default=["arcface:flatten", "arcface:gap"],
                         help="the LOSS:HEAD runs to export (of --runs)")
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
             # The digits demo recipe (flags/digits_demo.cfg), as the quantization benchmark trains.
             config = TrainConfig.from_settings(
                 task="embedding", loss=loss, embedding_head=head, embedding_dim=args.embedding_dim,
-                margin_scale=args.margin_scale, model=args.model, dataset=args.dataset, image_size=args.image_size,
+                margin_scale=args.margin_scale, margin=None if loss == "softmax" else args.margin, model=args.model,
+                dataset=args.dataset, image_size=args.image_size,
                 model_dir=model_dir, epochs=args.epochs, batch_size=64, learning_rate=0.008, lr_schedule="cosine",
                 warmup_epochs=1, seed=0)
             report = Trainer(config, verbose=False).fit()

@@ -217,3 +217,24 @@ def test_padded_eval_counts_every_example_once_in_full_batches():
     padded_labels = np.concatenate([y.numpy() for _, y, _ in batches])
     assert weights.sum() == len(labels) == 360 and len(weights) == 384
     np.testing.assert_array_equal(padded_labels[weights == 1], labels)
+
+
+def test_selective_search_images_are_eval_crops_of_training_images_in_a_seeded_shuffled_order(tmp_path):
+    """int8_selective's search measures agreement on training images as the deployed model sees
+    them. A folder's training split is in class order: unshuffled, its first images are one
+    class's; shuffled, they are a seeded mix, each the eval crop of a training image."""
+    from efficientnet_tf.deploy.export import _take_images
+
+    _write_folder(tmp_path, classes=("a", "b", "c"), per_class=8)
+    source = get_source(f"folder:{tmp_path}", validation_fraction=0.25)
+    config = PipelineConfig(image_size=32, global_batch_size=64, seed=0, drop_remainder=False)
+    every = [(image.numpy(), int(label)) for images, labels in make_dataset(source, config, training=False, split="train")
+             for image, label in zip(images, labels)]
+    assert len(every) == 18 and {label for _, label in every[:6]} == {0}  # class order
+    images, labels = _take_images(source, 32, 0, 6, training=False, split="train", shuffle=True)
+    assert len(set(labels.tolist())) >= 2
+    found = [[i for i, (image, _) in enumerate(every) if np.array_equal(image, shuffled)] for shuffled in images]
+    assert all(len(matches) == 1 for matches in found) and len({m[0] for m in found}) == 6
+    assert [every[m[0]][1] for m in found] == labels.tolist()
+    again, _ = _take_images(source, 32, 0, 6, training=False, split="train", shuffle=True)
+    np.testing.assert_array_equal(again, images)

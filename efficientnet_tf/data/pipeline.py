@@ -108,10 +108,13 @@ def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
 
 def make_dataset(source: Source, config: PipelineConfig, training: bool,
                  input_context: tf.distribute.InputContext | None = None, epoch: int = 0,
-                 repeat: bool = False, split: str | None = None, skip_steps: int = 0) -> tf.data.Dataset:
+                 repeat: bool = False, split: str | None = None, skip_steps: int = 0,
+                 shuffle: bool | None = None) -> tf.data.Dataset:
     """One input pipeline; under a strategy, one per input worker (`input_context`). `split`
     ('train' or 'eval') defaults to the one `training` reads: training images with training
-    preprocessing, eval images with eval preprocessing. `skip_steps`: start after that many
+    preprocessing, eval images with eval preprocessing. `shuffle`: read the examples in a seeded
+    shuffled order (default: when training; a folder's split is otherwise in class order, so its
+    first images are a few classes' only). `skip_steps`: start after that many
     global batches (a resumed epoch), skipped before decoding; every later batch is the one an
     uninterrupted pipeline gives (per-example augmentation is seeded by position)."""
     seed = config.seed if config.seed is not None else int(np.random.default_rng().integers(2**31))
@@ -123,11 +126,12 @@ def make_dataset(source: Source, config: PipelineConfig, training: bool,
         replicas_per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
         if input_context.num_input_pipelines > 1:
             shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
-    ds = source.examples(split, shuffle_files=training, seed=seed + epoch, shard=shard)
+    shuffle = training if shuffle is None else shuffle
+    ds = source.examples(split, shuffle_files=shuffle, seed=seed + epoch, shard=shard)
     _warn_if_images_look_unit_scaled(ds)
     if config.cache:
         ds = ds.cache()
-    if training:
+    if shuffle:
         ds = ds.shuffle(config.shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()

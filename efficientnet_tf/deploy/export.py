@@ -442,10 +442,16 @@ def pipeline_images(model_dir: str, count: int, training: bool):
     return _take_images(config.load_source("skip"), int(info["image_size"]), config.run.seed, count, training)
 
 
-def _take_images(source, image_size: int, seed: int | None, count: int, training: bool, split: str | None = None):
+def _take_images(source, image_size: int, seed: int | None, count: int, training: bool, split: str | None = None,
+                 shuffle: bool | None = None):
     pipeline = PipelineConfig(image_size=image_size, global_batch_size=min(count, 64), seed=seed, drop_remainder=False)
+    if shuffle and not training:
+        # A buffer of `count` decoded images, not training's 10,000: the files (a folder's: every
+        # path) are shuffled before decoding anyway.
+        pipeline = dataclasses.replace(pipeline, shuffle_buffer=max(1, min(count, pipeline.shuffle_buffer)))
     images, labels = [], []
-    for batch_images, batch_labels in make_dataset(source, pipeline, training=training, repeat=training, split=split):
+    for batch_images, batch_labels in make_dataset(source, pipeline, training=training, repeat=training, split=split,
+                                                   shuffle=shuffle):
         images.append(batch_images.numpy())
         labels.append(batch_labels.numpy())
         if sum(len(b) for b in images) >= count:
@@ -503,8 +509,9 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
             representative, _ = _take_images(source, size, seed, calibration_images, training=True)
         if "int8_selective" in tflite:
             # Training images as the model will see them deployed (eval preprocessing): never the
-            # eval split, whose agreement the report gives separately.
-            search, _ = _take_images(source, size, seed, search_images, training=False, split="train")
+            # eval split, whose agreement the report gives separately. Shuffled (seeded): a folder's
+            # training split is in class order, and its first 2,000 images would be a few classes'.
+            search, _ = _take_images(source, size, seed, search_images, training=False, split="train", shuffle=True)
         # Another dataset's labels are not this model's classes: agreement only.
         check = check_images_of(source, size, seed, config.check_images, labels=not config.calibration_dataset)
 
