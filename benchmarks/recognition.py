@@ -46,6 +46,13 @@ def main(argv=None) -> int:
 
     import keras
 
+    from efficientnet_tf.training.margin import DEFAULT_MARGINS, check_margin
+
+    try:  # one line for a bad value, before any training
+        check_margin("arcface", DEFAULT_MARGINS["arcface"] if args.margin is None else args.margin, args.margin_scale)
+    except ValueError as err:
+        parser.error(str(err))
+
     from efficientnet_tf.deploy.export import export_run, format_report
     from efficientnet_tf.training import TrainConfig, Trainer
 

@@ -182,3 +182,14 @@ def test_lite_int8_and_selective_int8_on_trained_digits():
     else:
         assert "reached agreement" in search.group(5) and float(search.group(3)) < 0.995
     assert re.search(r"^ratio latency int8_selective/int8 efficientnet-lite0: [\d.]+x$", out, re.M), out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--margin", "2"], "margin must be in [0, pi/2) (ArcFace 0.5, CosFace 0.35), got 2.0"),
+    (["--margin_scale", "0"], "margin scale must be > 0 (ArcFace and CosFace use 64), got 0.0"),
+])
+def test_recognition_benchmark_refuses_a_bad_margin_before_training(args, message):
+    result = subprocess.run([sys.executable, "benchmarks/recognition.py", *args], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"recognition.py: error: {message}"
+    assert "Traceback" not in result.stderr and "machine:" not in result.stdout
