@@ -11,6 +11,8 @@ against the float model's.
 
     python benchmarks/recognition.py                       # digits, B0 at 32 px, 3 runs + 2 exports: ~20 min on 2 cores
     python benchmarks/recognition.py --dataset glyphs --formats    # many identities; no exports
+    python benchmarks/recognition.py --dataset glyphs --epochs 100 --margin 0.2 --margin_scale 16 \
+        --runs arcface:gap arcface:flatten --export arcface:gap       # README's glyph figures: ~35 min alone
     python benchmarks/recognition.py --image_size 64 --runs arcface:flatten softmax:gap
 """
 
