@@ -300,10 +300,10 @@ def run_export() -> int:
         print(format_report(compared))
     selective = report.get("int8_selective")
     if selective:
-        tail = f" (from {selective['first_float_layer']} on)" if selective["float_ops"] else ""
+        from efficientnet_tf.deploy.quantization import kept_float_summary
+
         measure = "nearest-neighbour agreement" if report.get("task") == "embedding" else "agreement"
-        print(f"int8_selective: {selective['float_ops']} of {selective['float_ops'] + selective['quantized_ops']} ops "
-              f"kept in float{tail}, search {measure} {selective['search_agreement']:.4f} (target "
+        print(f"int8_selective: {kept_float_summary(selective)}, search {measure} {selective['search_agreement']:.4f} (target "
               f"{selective['target_agreement']}{'' if selective['target_met'] else ', NOT met: ' + selective['reason']})")
     print(f"report: {os.path.join(report['export_dir'], 'export_report.json')}")
     if report.get("failed"):

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     import keras
 
     from efficientnet_tf.deploy.export import export_run
+    from efficientnet_tf.deploy.quantization import kept_float_summary
     from efficientnet_tf.training import TrainConfig, Trainer
 
     print(f"machine: {common.machine()}")
@@ -67,9 +68,7 @@ def main(argv=None) -> int:
                 rows.append((name, fmt, entry))
             selective = export.get("int8_selective")
             if selective:
-                tail = f" (from {selective['first_float_layer']} on)" if selective["float_ops"] else ""
-                print(f"int8_selective: {selective['float_ops']} of {selective['float_ops'] + selective['quantized_ops']} "
-                      f"ops kept in float{tail}; search agreement {selective['search_agreement']:.4f} on "
+                print(f"int8_selective: {kept_float_summary(selective)}; search agreement {selective['search_agreement']:.4f} on "
                       f"{selective['search_images']} training images (target {selective['target_agreement']}"
                       f"{', met' if selective['target_met'] else ', not met: ' + selective['reason']})")
                 print("search steps (float ops -> agreement): "

@@ -79,6 +79,9 @@ def test_log_level_resolution():
      "--int8_target_agreement=1.5: int8_target_agreement is a share of images, in (0, 1]; got 1.5"),
     (["--mode=export", "--int8_target_agreement=0"],
      "--int8_target_agreement=0.0: int8_target_agreement is a share of images, in (0, 1]; got 0.0"),
+    (["--mode=export", "--int8_keep_float=stem_(conv"],
+     "--int8_keep_float=stem_(conv: int8_keep_float 'stem_(conv' is not a regular expression: missing ), "
+     "unterminated subpattern at position 5"),
 ])
 def test_bad_new_flags_fail_with_one_line(args, message, tmp_path):
     result = subprocess.run([sys.executable, "main.py", f"--model_dir={tmp_path}", *args], capture_output=True,

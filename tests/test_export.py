@@ -252,6 +252,29 @@ def test_selective_int8_keeps_the_end_of_the_network_in_float(exported):
     assert selective_types.get(first_int8, "int8") in ("int8", "int32")
 
 
+@pytest.mark.slow
+def test_int8_keep_float_keeps_the_named_layers_in_float_in_the_file(tiny_run, tmp_path):
+    model_dir, _ = tiny_run
+    head = "^(rescaling|normalization|stem_)"  # the input's scaling and the stem
+    report = export.export_run(model_dir, export_dir=str(tmp_path / "out"), tflite=["int8_selective"],
+                               int8_keep_float=head, int8_target_agreement=0.01, calibration_images=32,
+                               check_images=32, search_images=32)
+    assert not report.get("failed"), report.get("failed")
+    selective = report["int8_selective"]
+    candidates = sorted((e for e in report["int8_layer_errors"] if e["op"] not in ("QUANTIZE", "DEQUANTIZE")),
+                        key=lambda e: e["index"])
+    named = [e["tensor"] for e in candidates if re.search(head, e["layer"])]
+    # Lite0: the input's scaling (MUL, ADD) and the stem conv, its BN and ReLU6 fused into one op.
+    assert [e["layer"] for e in candidates[:len(named)]] == ["rescaling", "rescaling", "stem_activation"]
+    # Any agreement meets the target 0.01: the named ops alone, no searched tail.
+    assert selective["float_by_setting"] == selective["float_ops"] == len(named) and selective["target_met"]
+    assert [e["tensor"] for e in selective["kept_float"]] == named and selective["first_float_layer"] is None
+    types = _tensor_types(os.path.join(str(tmp_path / "out"), "model_int8_selective.tflite"))
+    assert {types[t] for t in named if t in types} == {"float32"} and sum(t in types for t in named) >= len(named) // 2
+    after = candidates[len(named)]  # the first op after the head (block1a's depthwise conv) is int8
+    assert not re.search(head, after["layer"]) and types.get(after["tensor"]) == "int8", after
+
+
 def test_onnx_export_matches_keras(exported):
     import onnx
     import onnxruntime

@@ -2,7 +2,7 @@
 
 import pytest
 
-from efficientnet_tf.deploy.quantization import LayerError, keras_layer_name, selective_int8
+from efficientnet_tf.deploy.quantization import LayerError, keras_layer_name, kept_float_summary, selective_int8
 
 
 class KnownCalibration:
@@ -71,6 +71,52 @@ def test_max_float_ops_caps_the_tail():
     assert [s["float_ops"] for s in report["steps"]] == [0, 1, 2]
     with pytest.raises(ValueError, match="max_float_ops must be >= 0, got -1"):
         selective_int8(KnownCalibration(), agreement_when([]), max_float_ops=-1)
+
+
+def test_keep_float_ops_stay_float_and_the_tail_is_searched_on_top_of_them():
+    calibration = KnownCalibration()
+    # block1a and block2a (t1, t2: the head) named by the setting; the target needs t9 as well.
+    content, report = selective_int8(calibration, agreement_when(["t1", "t2", "t9"]), target=0.995,
+                                     keep_float="^block[12]a_")
+    assert content == b"t1,t2,t9"
+    assert report["target_met"] and report["float_ops"] == 3 and report["quantized_ops"] == 6
+    assert report["float_by_setting"] == 2 and report["keep_float"] == "^block[12]a_"
+    assert [e["tensor"] for e in report["kept_float"]] == ["t1", "t2", "t9"]  # network order
+    assert report["first_float_layer"] == "block9a_conv"  # the searched tail's first layer
+    assert [s["float_ops"] for s in report["steps"]] == [2, 3]  # the named ops alone, then a tail of 1
+    assert all(kept[:2] == ["t1", "t2"] for kept in calibration.quantized)  # in every model tried
+    assert kept_float_summary(report) == ("3 of 9 ops kept in float (2 named by keep_float '^block[12]a_'; "
+                                          "the tail from block9a_conv on)")
+
+
+def test_keep_float_ops_that_reach_the_target_alone_get_no_tail():
+    content, report = selective_int8(KnownCalibration(), agreement_when(["t3"]), target=0.995, keep_float="block3a")
+    assert content == b"t3" and report["float_ops"] == 1 and report["first_float_layer"] is None
+    assert kept_float_summary(report) == "1 of 9 ops kept in float (1 named by keep_float 'block3a')"
+
+
+def test_an_unreachable_target_with_keep_float_counts_the_tail_without_the_named_ops():
+    def agreement(content):
+        return 0.95 + 0.001 * len(list(filter(None, content.decode().split(","))))
+
+    content, report = selective_int8(KnownCalibration(), agreement, target=0.999, keep_float="^block1a_")
+    # 9 quantized ops; at most 8 in float: t1 by the setting and a tail of 7 from the other 8.
+    assert not report["target_met"] and report["float_ops"] == 8 and content.startswith(b"t1,t3,")
+    assert ("keeping the last 7 of 8 ops in float (and the 1 ops keep_float names) reached agreement 0.9580"
+            in report["reason"])
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("^stem_", "keep_float '^stem_' matches none of the 9 quantized ops' layers (block1a_conv, block2a_conv, "
+               "block3a_conv, block4a_conv, block5a_conv, block6a_conv, ... block9a_conv)"),
+    ("conv", "keep_float 'conv' matches every quantized op: nothing would be int8"),
+    ("block(", "keep_float 'block(' is not a regular expression: missing ), unterminated subpattern at position 5"),
+])
+def test_keep_float_must_name_some_but_not_all_ops(pattern, message):
+    calibration = KnownCalibration()
+    with pytest.raises(ValueError) as raised:
+        selective_int8(calibration, agreement_when([]), keep_float=pattern)
+    assert str(raised.value) == message and calibration.quantized == []  # refused before any conversion
 
 
 def test_layer_names_come_from_keras_scopes():

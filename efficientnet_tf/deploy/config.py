@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from efficientnet_tf.settings import SettingError, check_choices, setting
 
@@ -29,6 +30,10 @@ class ExportConfig:
     int8_target_agreement: float = setting(
         0.995, "export: int8_selective keeps the last ops in float until its top-1 agreement with the float "
         "model, on training images (not the eval split), reaches this share; in (0, 1].")
+    int8_keep_float: str | None = setting(
+        None, "export: a regular expression of Keras layer names (e.g. '^(rescaling|normalization|stem_)') whose "
+        "ops int8_selective keeps in float whatever its search finds; the search adds a float tail only if they "
+        "do not reach the target.")
     onnx: bool = setting(False, "export: also write model.onnx (float32, needs the onnx extra) and check it with "
                          "onnxruntime.")
     calibration_dataset: str | None = setting(
@@ -45,6 +50,12 @@ class ExportConfig:
         if not 0 < self.int8_target_agreement <= 1:
             raise SettingError("int8_target_agreement", "int8_target_agreement is a share of images, in (0, 1]; "
                                f"got {self.int8_target_agreement}")
+        if self.int8_keep_float is not None:
+            try:
+                re.compile(self.int8_keep_float)
+            except re.error as err:
+                raise SettingError("int8_keep_float", f"int8_keep_float {self.int8_keep_float!r} is not a regular "
+                                   f"expression: {err}") from None
         if self.onnx:
             require_onnx()
 

@@ -472,7 +472,7 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
     Args:
         model_dir: a training run's directory.
         config: what to write (`ExportConfig`: export_dir, tflite formats, check_images, int8_io,
-            int8_target_agreement, onnx); or give those as keyword `settings`, e.g.
+            int8_target_agreement, int8_keep_float, onnx); or give those as keyword `settings`, e.g.
             `export_run(run, tflite=["int8"], onnx=True)`.
         top_k: classes each serving signature returns.
         use_ema: export the EMA weights when the run kept them.
@@ -603,7 +603,7 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
                     return float(np.mean(_predict(TFLiteRunner(content), search).argmax(-1) == reference.argmax(-1)))
 
             chosen = _attempt(failed, "int8_selective", lambda: selective_int8(
-                calibration, agreement, config.int8_target_agreement))
+                calibration, agreement, config.int8_target_agreement, keep_float=config.int8_keep_float))
             if chosen is not None:
                 content, search_report = chosen
                 write("int8_selective", content)

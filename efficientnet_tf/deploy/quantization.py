@@ -129,7 +129,7 @@ class Int8Calibration:
 
 
 def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], float], target: float = 0.995,
-                   max_float_ops: int | None = None) -> tuple[bytes, dict]:
+                   max_float_ops: int | None = None, keep_float: str | None = None) -> tuple[bytes, dict]:
     """Keep the last ops of the network in float until `agreement(model) >= target`.
 
     Args:
@@ -139,10 +139,15 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
         target: the agreement to reach, in (0, 1].
         max_float_ops: the most ops kept in float (default: all but one; with every op in float
             it is no longer an int8 model).
+        keep_float: a regular expression; the ops of every Keras layer whose name it matches
+            (`re.search`, e.g. "^(rescaling|normalization|stem_)" for the input's scaling and the
+            stem) stay in float whatever the search finds, and the search adds a float tail only
+            if they do not already reach the target. It must match at least one op.
 
     Returns:
         The chosen model and its report: target, whether it was met (and if not, why), the ops
-        kept in float (in network order) with their own errors, and every step of the search.
+        kept in float (in network order) with their own errors (`float_by_setting`: how many of
+        them `keep_float` chose), and every step of the search.
         The bisection assumes that a longer float tail agrees at least as well; where the
         measured agreement is not monotonic the result is a tail that meets the target, not
         necessarily the shortest one.
@@ -151,8 +156,11 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
         raise ValueError(f"target agreement must be in (0, 1], got {target}")
     if max_float_ops is not None and max_float_ops < 0:
         raise ValueError(f"max_float_ops must be >= 0, got {max_float_ops}")
-    candidates = sorted((e for e in calibration.layer_errors() if e.op not in _NOT_CANDIDATES), key=lambda e: e.index)
-    limit = max(len(candidates) - 1, 0) if max_float_ops is None else max(0, min(max_float_ops, len(candidates) - 1))
+    quantized = sorted((e for e in calibration.layer_errors() if e.op not in _NOT_CANDIDATES), key=lambda e: e.index)
+    forced = _matching_ops(quantized, keep_float) if keep_float is not None else []
+    candidates = [e for e in quantized if e not in forced]  # what the tail is taken from
+    most = len(quantized) - 1 if max_float_ops is None else max_float_ops
+    limit = max(0, min(most - len(forced), len(candidates) - 1))
     steps, models = [], {}
 
     def tail(count: int) -> list[LayerError]:
@@ -160,9 +168,9 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
 
     def try_keeping(count: int) -> float:
         if count not in models:
-            content = calibration.quantize([e.tensor for e in tail(count)])
+            content = calibration.quantize([e.tensor for e in forced + tail(count)])
             models[count] = (content, agreement(content))
-            steps.append({"float_ops": count, "first_float_layer": tail(count)[0].layer if count else None,
+            steps.append({"float_ops": len(forced) + count, "first_float_layer": tail(count)[0].layer if count else None,
                           "agreement": models[count][1]})
         return models[count][1]
 
@@ -186,12 +194,44 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
         chosen = high
     else:  # not reachable: the best seen, the shorter tail on a tie
         chosen = max(models, key=lambda c: (models[c][1], -c))
+    kept = sorted(forced + tail(chosen), key=lambda e: e.index)
     report = {"target_agreement": target, "search_agreement": models[chosen][1], "target_met": high is not None,
-              "float_ops": chosen, "quantized_ops": len(candidates) - chosen,
+              "float_ops": len(kept), "quantized_ops": len(quantized) - len(kept),
               "first_float_layer": tail(chosen)[0].layer if chosen else None,
-              "kept_float": [e.as_dict() for e in tail(chosen)], "steps": steps}
+              "kept_float": [e.as_dict() for e in kept], "steps": steps}
+    if keep_float is not None:
+        report.update(keep_float=keep_float, float_by_setting=len(forced))
     if high is None:
-        report["reason"] = (f"keeping the last {limit} of {len(candidates)} ops in float reached agreement "
+        also = f" (and the {len(forced)} ops keep_float names)" if forced else ""
+        report["reason"] = (f"keeping the last {limit} of {len(candidates)} ops in float{also} reached agreement "
                             f"{models[limit][1]:.4f} < target {target}: the loss comes from the int8 ops before "
                             "them, or the search images are too few to measure the target")
     return models[chosen][0], report
+
+
+def kept_float_summary(report: dict) -> str:
+    """'N of M ops kept in float (...)': which ones, from `selective_int8`'s report."""
+    where = []
+    if report.get("float_by_setting"):
+        where.append(f"{report['float_by_setting']} named by keep_float {report['keep_float']!r}")
+    if report["first_float_layer"]:
+        where.append(f"the tail from {report['first_float_layer']} on")
+    total = report["float_ops"] + report["quantized_ops"]
+    return f"{report['float_ops']} of {total} ops kept in float" + (f" ({'; '.join(where)})" if where else "")
+
+
+def _matching_ops(ops: Sequence[LayerError], pattern: str) -> list[LayerError]:
+    """The ops whose Keras layer name `pattern` matches; a pattern that matches none is an error
+    naming the layers there are (a typo would otherwise keep nothing in float, silently)."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"keep_float {pattern!r} is not a regular expression: {err}") from None
+    matched = [e for e in ops if compiled.search(e.layer)]
+    if not matched:
+        layers = list(dict.fromkeys(e.layer for e in ops))
+        raise ValueError(f"keep_float {pattern!r} matches none of the {len(ops)} quantized ops' layers "
+                         f"({', '.join(layers[:6])}, ... {layers[-1]})")
+    if len(matched) == len(ops):
+        raise ValueError(f"keep_float {pattern!r} matches every quantized op: nothing would be int8")
+    return matched
