@@ -79,7 +79,10 @@ def test_log_level_resolution():
      "--int8_target_agreement=1.5: int8_target_agreement is a share of images, in (0, 1]; got 1.5"),
     (["--mode=export", "--int8_target_agreement=0"],
      "--int8_target_agreement=0.0: int8_target_agreement is a share of images, in (0, 1]; got 0.0"),
-    (["--mode=export", "--int8_keep_float=stem_(conv"],
+    (["--mode=export", "--tflite=int8", "--int8_keep_float=^stem_"],
+     "--int8_keep_float=^stem_: int8_keep_float names the layers int8_selective keeps in float, and the TFLite "
+     "formats do not include int8_selective"),
+    (["--mode=export", "--tflite=int8_selective", "--int8_keep_float=stem_(conv"],
      "--int8_keep_float=stem_(conv: int8_keep_float 'stem_(conv' is not a regular expression: missing ), "
      "unterminated subpattern at position 5"),
 ])

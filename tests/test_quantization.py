@@ -102,7 +102,7 @@ def test_an_unreachable_target_with_keep_float_counts_the_tail_without_the_named
     content, report = selective_int8(KnownCalibration(), agreement, target=0.999, keep_float="^block1a_")
     # 9 quantized ops; at most 8 in float: t1 by the setting and a tail of 7 from the other 8.
     assert not report["target_met"] and report["float_ops"] == 8 and content.startswith(b"t1,t3,")
-    assert ("keeping the last 7 of 8 ops in float (and the 1 ops keep_float names) reached agreement 0.9580"
+    assert ("keeping the last 7 of 8 ops in float (besides the 1 named by keep_float) reached agreement 0.9580"
             in report["reason"])
 
 

@@ -51,6 +51,9 @@ class ExportConfig:
             raise SettingError("int8_target_agreement", "int8_target_agreement is a share of images, in (0, 1]; "
                                f"got {self.int8_target_agreement}")
         if self.int8_keep_float is not None:
+            if "int8_selective" not in self.tflite:
+                raise SettingError("int8_keep_float", "int8_keep_float names the layers int8_selective keeps in float, "
+                                   "and the TFLite formats do not include int8_selective")
             try:
                 re.compile(self.int8_keep_float)
             except re.error as err:

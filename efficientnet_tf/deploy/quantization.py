@@ -14,7 +14,9 @@ among int8 ops hands its output to an int8 op, which quantizes it again, so the 
 comes straight back; only a connected float region keeps its tensors in float, and the region
 that ends at the output keeps every error it avoids out of the logits. (On EfficientNet-B0 and
 V2-B0, whose ops all sit near the rounding level, keeping the worst ops in float moved agreement
-only once most of the network was float: docs/deployment.md.)
+only once most of the network was float: docs/deployment.md.) `keep_float` names layers to keep in
+float besides the tail: a region at the input, where the int8 loss of an ArcFace glyph embedding
+sat (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
     if keep_float is not None:
         report.update(keep_float=keep_float, float_by_setting=len(forced))
     if high is None:
-        also = f" (and the {len(forced)} ops keep_float names)" if forced else ""
+        also = f" (besides the {len(forced)} named by keep_float)" if forced else ""
         report["reason"] = (f"keeping the last {limit} of {len(candidates)} ops in float{also} reached agreement "
                             f"{models[limit][1]:.4f} < target {target}: the loss comes from the int8 ops before "
                             "them, or the search images are too few to measure the target")
