@@ -144,7 +144,8 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
         keep_float: a regular expression; the ops of every Keras layer whose name it matches
             (`re.search`, e.g. "^(rescaling|normalization|stem_)" for the input's scaling and the
             stem) stay in float whatever the search finds, and the search adds a float tail only
-            if they do not already reach the target. It must match at least one op.
+            if they do not already reach the target. It must match at least one op. Its ops count
+            towards `max_float_ops`, which then bounds the tail only (never drops a named op).
 
     Returns:
         The chosen model and its report: target, whether it was met (and if not, why), the ops
