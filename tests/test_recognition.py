@@ -348,7 +348,10 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
     assert entry["images"] == 1797 and entry["eval_images"] == 533 and 0 <= entry["retrieval_top1"] <= 1
     assert -1 <= entry["min_cosine"] <= entry["mean_cosine"] and entry["mean_cosine"] > 0.999
     assert entry["neighbour_agreement"] > 0.9
-    assert "cos mean" in exported.stdout and "float16" in exported.stdout
+    assert "cos mean" in exported.stdout and "float16" in exported.stdout and "gained" in exported.stdout
+    # the change is the queries gained minus those lost (every held-out digit is a query)
+    assert (entry["retrieval_gained"] - entry["retrieval_lost"]) / 533 == pytest.approx(entry["retrieval_top1_change"])
+    assert 0 < entry["retrieval_change_p"] <= 1
     # The export's float reference is the evaluated model (a near-tie may flip one neighbour of a
     # 2-epoch embedding between two batchings: 1/533 each; other weights would be far off).
     assert export["tflite"]["keras_float32"]["retrieval_top1"] == pytest.approx(report["retrieval_top1"], abs=0.02)
@@ -441,3 +444,11 @@ def test_an_exported_embedding_that_collapses_to_zero_is_measured_not_failed(tmp
     float_hits = np.mean(labels[theirs] == labels)
     assert 0 < hits < 1 and entry["retrieval_top1"] == pytest.approx(hits, abs=1e-9)
     assert entry["retrieval_top1_change"] == pytest.approx(hits - float_hits, abs=1e-9)
+    # query by query: right for the float model and wrong for the file (lost), and the reverse
+    served_right = np.array([ours[i] >= 0 and labels[ours[i]] == labels[i] for i in range(32)])
+    float_right = labels[theirs] == labels
+    lost, gained = int((float_right & ~served_right).sum()), int((served_right & ~float_right).sum())
+    assert lost > 0 and (entry["retrieval_lost"], entry["retrieval_gained"]) == (lost, gained)
+    from scipy.stats import binomtest
+
+    assert entry["retrieval_change_p"] == pytest.approx(binomtest(lost, lost + gained, 0.5).pvalue, rel=1e-12)

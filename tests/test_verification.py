@@ -205,6 +205,31 @@ def test_retrieval_singletons_are_distractors_not_queries_and_ties_take_the_lowe
 
 
 
+def test_retrieval_hits_are_the_brute_force_query_by_query():
+    embeddings, labels = clustered(identities=12, per_identity=4, dim=8, spread=0.8, singletons=5, seed=3)
+    hits = v.retrieval_hits(embeddings, labels)
+    queries = [q for q in range(len(labels)) if np.sum(labels == labels[q]) >= 2]
+    expected = []
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    for q, hit in zip(queries, hits, strict=True):
+        others = [g for g in range(len(labels)) if g != q]
+        best = max(others, key=lambda g: (unit[q] @ unit[g], -g))  # ties: the lowest index
+        expected.append(labels[best] == labels[q])
+    assert 0 < hits.mean() < 1 and hits.tolist() == expected
+    assert v.retrieval_top1(embeddings, labels) == pytest.approx(brute_force_top1(embeddings, labels), abs=1e-12)
+
+
+@pytest.mark.parametrize("lost,gained", [(0, 0), (9, 0), (0, 9), (5, 3), (12, 3), (40, 25), (1, 1), (0, 1)])
+def test_paired_change_p_value_is_the_exact_two_sided_sign_test(lost, gained):
+    from scipy.stats import binomtest
+
+    expected = 1.0 if lost + gained == 0 else binomtest(lost, lost + gained, 0.5).pvalue
+    assert v.paired_change_p_value(lost, gained) == pytest.approx(expected, rel=1e-12)
+    assert v.paired_change_p_value(9, 0) == pytest.approx(2 / 2**9)  # 9 lost, none gained: 0.0039
+    with pytest.raises(ValueError, match="counts, got -1 and 2"):
+        v.paired_change_p_value(-1, 2)
+
+
 def test_zero_rows_when_kept_are_misses_and_nobodys_neighbour(monkeypatch):
     """zero_rows="zero" (a quantized model's collapsed output): a zero or non-finite row finds no
     neighbour and is never found; the other rows' neighbours are the brute force's among the

@@ -373,11 +373,14 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
     mean and minimum cosine similarity of its embedding to the float Keras embedding on all
     `images` (and the mean on the first `num_eval`), the share of `images` whose nearest other
     image is the one the float model finds (`neighbour_agreement`), leave-one-out 1-NN retrieval
-    top-1 on the first `num_eval` images by their identity `labels` and its change from the float
-    model, and batch-1 latency. An exported embedding row that is zero or non-finite (`zero_rows`,
+    top-1 on the first `num_eval` images by their identity `labels`, its change from the float
+    model, the queries it lost and gained against the float model's and the exact sign test's
+    p-value of that split (`retrieval_change_p`: small when the change is the format's, not a few
+    near-ties falling either way), and batch-1 latency. An exported embedding row that is zero or non-finite (`zero_rows`,
     counted) has cosine 0 to the float one and is nobody's neighbour, so it lowers every measure
     instead of failing the format."""
-    from efficientnet_tf.training.verification import nearest_neighbours, retrieval_top1, unit_rows
+    from efficientnet_tf.training.verification import (nearest_neighbours, paired_change_p_value, retrieval_hits,
+                                                       unit_rows)
 
     images = np.asarray(images, np.float32)
     num_eval = len(images) if num_eval is None else num_eval
@@ -387,7 +390,7 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
     if labels is not None and (len(labels) == 0 or np.unique(labels, return_counts=True)[1].max() < 2):
         log.warning("retrieval not measured: the %d eval images hold no identity twice (raise check_images)", len(labels))
         labels = None
-    float_retrieval = None if labels is None else retrieval_top1(reference[:num_eval], labels)
+    float_hits = None if labels is None else retrieval_hits(reference[:num_eval], labels)
     runners = _runners(paths)
     report = {}
     for name, runner in runners.items():
@@ -400,12 +403,15 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
                  "neighbour_agreement": float(np.mean(nearest_neighbours(embeddings, zero_rows="zero")
                                                       == reference_neighbours))}
         if labels is not None:
-            entry["retrieval_top1"] = retrieval_top1(embeddings[:num_eval], labels, zero_rows="zero")
-            entry["retrieval_top1_change"] = entry["retrieval_top1"] - float_retrieval
+            hits = retrieval_hits(embeddings[:num_eval], labels, zero_rows="zero")
+            lost, gained = int((float_hits & ~hits).sum()), int((hits & ~float_hits).sum())
+            entry.update(retrieval_top1=float(hits.mean()), retrieval_top1_change=float(hits.mean() - float_hits.mean()),
+                         retrieval_lost=lost, retrieval_gained=gained,
+                         retrieval_change_p=paired_change_p_value(lost, gained))
         report[name] = entry
     _add_latency(report, runners, images)
     if labels is not None:
-        report["keras_float32"] = {"retrieval_top1": float_retrieval, "images": int(num_eval)}
+        report["keras_float32"] = {"retrieval_top1": float(float_hits.mean()), "images": int(num_eval)}
     return report
 
 
@@ -415,14 +421,16 @@ CLASSIFIER_COLUMNS = (("agree", "agreement", ".4f", 7), ("images", "images", "",
                       ("ms/img", "latency_ms_batch1", ".2f", 8))
 EMBEDDING_COLUMNS = (("cos mean", "mean_cosine", ".5f", 8), ("cos min", "min_cosine", ".4f", 8),
                      ("same NN", "neighbour_agreement", ".4f", 7), ("images", "images", "", 7), ("retrieval", "retrieval_top1", ".4f", 9),
-                     ("change", "retrieval_top1_change", "+.4f", 7), ("ms/img", "latency_ms_batch1", ".2f", 8))
+                     ("change", "retrieval_top1_change", "+.4f", 7), ("lost", "retrieval_lost", "", 5),
+                     ("gained", "retrieval_gained", "", 6), ("p", "retrieval_change_p", ".3f", 6),
+                     ("ms/img", "latency_ms_batch1", ".2f", 8))
 
 
 def format_report(report: dict[str, dict]) -> str:
     """The report as a table: agreement on all images and on the eval split alone (images the
     model did not train on), top-1 on the eval split and its change, batch-1 latency; for an
     embedding model, the cosine to the float embedding (mean, minimum) on all images and the
-    held-out retrieval top-1 and its change instead."""
+    held-out retrieval top-1, its change, the queries lost and gained and the change's p-value instead."""
     embedding = any("retrieval_top1" in entry or "mean_cosine" in entry for entry in report.values())
     columns = EMBEDDING_COLUMNS if embedding else CLASSIFIER_COLUMNS
     lines = [f"{'model':<16} {'size':>10} {'I/O':<25} " + " ".join(f"{head:>{width}}" for head, _, _, width in columns)]

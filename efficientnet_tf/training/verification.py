@@ -26,6 +26,7 @@ The protocol, for L2-normalisable embeddings of the evaluation images of *held-o
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -287,6 +288,13 @@ def retrieval_top1(embeddings, labels, zero_rows: str = "raise") -> float:
     50k x 50k matrix. `zero_rows` as in `unit_rows`: with "zero", a zero row is a miss as a query
     and never found as a neighbour.
     """
+    return float(np.mean(retrieval_hits(embeddings, labels, zero_rows)))
+
+
+def retrieval_hits(embeddings, labels, zero_rows: str = "raise") -> np.ndarray:
+    """`retrieval_top1` image by image: for each query (each image whose identity has at least 2
+    images, in image order), whether its nearest other image has its identity. Two embeddings of
+    the same images (a model and its quantized export) compare query by query."""
     labels = _labels_1d(labels)
     unit = unit_rows(embeddings, zero_rows=zero_rows)
     if len(unit) != len(labels):
@@ -296,8 +304,19 @@ def retrieval_top1(embeddings, labels, zero_rows: str = "raise") -> float:
     _require_positive(counts)
     queries = np.flatnonzero(counts[identity] >= 2)
     nearest = _nearest_others(unit, queries)
-    found = nearest >= 0
-    return int((identity[nearest[found]] == identity[queries[found]]).sum()) / len(queries)
+    return (nearest >= 0) & (identity[np.maximum(nearest, 0)] == identity[queries])
+
+
+def paired_change_p_value(lost: int, gained: int) -> float:
+    """Two-sided exact sign test (McNemar's, exact) of a paired change: `lost` queries that one
+    model gets right and the other wrong, `gained` the reverse. The chance of a split at least as
+    lopsided if each changed query were as likely to be lost as gained; 1.0 when none changed.
+    Small: the change is the model's, not the luck of which images were drawn."""
+    if lost < 0 or gained < 0:
+        raise ValueError(f"lost and gained are counts, got {lost} and {gained}")
+    changed = lost + gained
+    tail = sum(math.comb(changed, k) for k in range(min(lost, gained) + 1)) / 2 ** changed
+    return min(1.0, 2 * tail)
 
 
 def nearest_neighbours(embeddings, zero_rows: str = "raise") -> np.ndarray:
