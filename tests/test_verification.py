@@ -225,6 +225,9 @@ def test_paired_change_p_value_is_the_exact_two_sided_sign_test(lost, gained):
 
     expected = 1.0 if lost + gained == 0 else binomtest(lost, lost + gained, 0.5).pvalue
     assert v.paired_change_p_value(lost, gained) == pytest.approx(expected, rel=1e-12)
+
+
+def test_paired_change_p_value_of_a_one_sided_split_and_of_bad_counts():
     assert v.paired_change_p_value(9, 0) == pytest.approx(2 / 2**9)  # 9 lost, none gained: 0.0039
     with pytest.raises(ValueError, match="counts, got -1 and 2"):
         v.paired_change_p_value(-1, 2)

@@ -376,9 +376,9 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
     top-1 on the first `num_eval` images by their identity `labels`, its change from the float
     model, the queries it lost and gained against the float model's and the exact sign test's
     p-value of that split (`retrieval_change_p`: small when the change is the format's, not a few
-    near-ties falling either way), and batch-1 latency. An exported embedding row that is zero or non-finite (`zero_rows`,
-    counted) has cosine 0 to the float one and is nobody's neighbour, so it lowers every measure
-    instead of failing the format."""
+    near-ties falling either way), and batch-1 latency. An exported embedding row that is zero or
+    non-finite (`zero_rows`, counted) has cosine 0 to the float one and is nobody's neighbour, so
+    it lowers every measure instead of failing the format."""
     from efficientnet_tf.training.verification import (nearest_neighbours, paired_change_p_value, retrieval_hits,
                                                        unit_rows)
 

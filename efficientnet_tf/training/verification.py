@@ -311,7 +311,7 @@ def paired_change_p_value(lost: int, gained: int) -> float:
     """Two-sided exact sign test (McNemar's, exact) of a paired change: `lost` queries that one
     model gets right and the other wrong, `gained` the reverse. The chance of a split at least as
     lopsided if each changed query were as likely to be lost as gained; 1.0 when none changed.
-    Small: the change is the model's, not the luck of which images were drawn."""
+    A small value says the change is the model's, not a few near-ties falling either way."""
     if lost < 0 or gained < 0:
         raise ValueError(f"lost and gained are counts, got {lost} and {gained}")
     changed = lost + gained
