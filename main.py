@@ -116,7 +116,7 @@ if __name__ == "__main__":  # before the package below imports Keras, so TensorF
     import_tensorflow_quietly(tf_log_level(_early if _early in ("0", "1", "2", "3") else None))
 
 from efficientnet_tf import files  # noqa: E402
-from efficientnet_tf.deploy.config import ExportConfig  # noqa: E402
+from efficientnet_tf.deploy.config import TFLITE_FORMATS, ExportConfig  # noqa: E402
 from efficientnet_tf.settings import SettingError, settings_of  # noqa: E402
 from efficientnet_tf.training.config import TrainConfig  # noqa: E402
 
@@ -179,9 +179,21 @@ def train_config() -> TrainConfig:
 def export_config() -> ExportConfig:
     values = setting_values(ExportConfig)
     formats = values.pop("tflite")
+    if not formats:
+        raise SettingError("tflite", "no format given: name TFLite formats (comma-separated: "
+                           f"{', '.join(TFLITE_FORMATS)}) or none for the SavedModel only")
     if "none" in formats and len(formats) > 1:
         raise SettingError("tflite", "'none' (the SavedModel only) cannot be combined with TFLite formats")
-    return ExportConfig(tflite=() if formats in ([], ["none"]) else tuple(formats), **values)
+    unknown = [name for name in formats if name not in TFLITE_FORMATS + ("none",)]
+    if unknown:
+        raise SettingError("tflite", f"unknown tflite {unknown[0]!r}; choose from {', '.join(TFLITE_FORMATS)}, "
+                           "or none for the SavedModel only")
+    config = ExportConfig(tflite=() if formats == ["none"] else tuple(formats), **values)
+    if FLAGS["int8_target_agreement"].present and "int8_selective" not in config.tflite:
+        config.validate()  # an out-of-range value is the first thing to say
+        raise SettingError("int8_target_agreement", "int8_target_agreement is the agreement int8_selective searches "
+                           "for, and the TFLite formats do not include int8_selective")
+    return config
 
 
 def seed_process(config: TrainConfig) -> None:
@@ -376,7 +388,8 @@ def _existing_model_dir() -> str:
     if not FLAGS.model_dir:
         raise FileNotFoundError(f"--mode={FLAGS.mode} needs --model_dir: the directory of a training run")
     if not files.isdir(FLAGS.model_dir):
-        raise FileNotFoundError(f"model_dir {FLAGS.model_dir!r} does not exist: pass --model_dir of a training run")
+        what = "is a file, not a directory" if files.exists(FLAGS.model_dir) else "does not exist"
+        raise FileNotFoundError(f"model_dir {FLAGS.model_dir!r} {what}: pass --model_dir of a training run")
     return FLAGS.model_dir
 
 

@@ -70,7 +70,10 @@ def test_log_level_resolution():
     (["--progressive=5", "--epochs=3"], "--progressive=5: progressive (5 stages) cannot exceed epochs (3)"),
     (["--mode=export", "--tflite=float32,int4"],
      "--tflite=float32,int4: unknown tflite 'int4'; choose from float32, float16, dynamic, int8, int16x8, "
-     "int8_selective"),
+     "int8_selective, or none for the SavedModel only"),
+    (["--mode=export", "--tflite="],
+     "--tflite=: no format given: name TFLite formats (comma-separated: float32, float16, dynamic, int8, "
+     "int16x8, int8_selective) or none for the SavedModel only"),
     (["--mode=export", "--tflite=none,int8"],
      "--tflite=none,int8: 'none' (the SavedModel only) cannot be combined with TFLite formats"),
     (["--mode=export", "--check_images=-1"],
@@ -79,6 +82,9 @@ def test_log_level_resolution():
      "--int8_target_agreement=1.5: int8_target_agreement is a share of images, in (0, 1]; got 1.5"),
     (["--mode=export", "--int8_target_agreement=0"],
      "--int8_target_agreement=0.0: int8_target_agreement is a share of images, in (0, 1]; got 0.0"),
+    (["--mode=export", "--tflite=int8", "--int8_target_agreement=0.9"],
+     "--int8_target_agreement=0.9: int8_target_agreement is the agreement int8_selective searches for, and the "
+     "TFLite formats do not include int8_selective"),
     (["--mode=export", "--tflite=int8", "--int8_keep_float=^stem_"],
      "--int8_keep_float=^stem_: int8_keep_float names the layers int8_selective keeps in float, and the TFLite "
      "formats do not include int8_selective"),
@@ -91,3 +97,15 @@ def test_bad_new_flags_fail_with_one_line(args, message, tmp_path):
                             text=True, timeout=120, cwd=ROOT, env=_user_environment())
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {message}"]
+
+
+@pytest.mark.parametrize("what", ["missing", "file"])
+def test_a_model_dir_that_is_not_a_directory_is_one_line_saying_which(what, tmp_path):
+    path = tmp_path / "README.md"
+    if what == "file":
+        path.write_text("not a run")
+    result = subprocess.run([sys.executable, "main.py", "--mode=export", f"--model_dir={path}"], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT, env=_user_environment())
+    said = "is a file, not a directory" if what == "file" else "does not exist"
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: model_dir '{path}' {said}: pass --model_dir of a training run"]

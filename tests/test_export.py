@@ -275,6 +275,27 @@ def test_int8_keep_float_keeps_the_named_layers_in_float_in_the_file(tiny_run, t
     assert not re.search(head, after["layer"]) and types.get(after["tensor"]) == "int8", after
 
 
+def test_int8_keep_float_that_names_no_layer_or_every_layer_fails_before_anything_is_written(tiny_run, tmp_path):
+    """Checked against the model's layer names right after loading it: no SavedModel, no conversion,
+    and the message lists the layer groups there are (Lite0's, from its Keras model)."""
+    import keras
+
+    from efficientnet_tf.settings import SettingError
+
+    model_dir, _ = tiny_run
+    model, _ = export.load_trained_model(model_dir)
+    groups = list(dict.fromkeys(layer.name.split("_")[0] + ("_*" if "_" in layer.name else "")
+                                for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)))
+    assert groups[:2] == ["rescaling", "stem_*"] and "block7a_*" in groups  # Lite0: rescaling to [-1, 1], no normalization
+    out = tmp_path / "out"
+    with pytest.raises(SettingError, match=re.escape(f"matches none of the model's") + r" \d+ layers: "
+                       + re.escape(", ".join(groups)) + "$"):
+        export.export_run(model_dir, export_dir=str(out), tflite=["int8_selective"], int8_keep_float="^stem_conv2")
+    with pytest.raises(SettingError, match="matches every layer of the model: nothing would be int8"):
+        export.export_run(model_dir, export_dir=str(out), tflite=["int8_selective"], int8_keep_float="")
+    assert list(tmp_path.iterdir()) == []  # no export directory, no staging directory beside it
+
+
 def test_onnx_export_matches_keras(exported):
     import onnx
     import onnxruntime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 from efficientnet_tf.settings import SettingError, check_choices, setting
 
@@ -28,8 +29,9 @@ class ExportConfig:
                                 "datasets that fit in memory).")
     int8_io: str = setting("uint8", "export: input/output type of the full-integer TFLite model.", choices=INTEGER_IO)
     int8_target_agreement: float = setting(
-        0.995, "export: int8_selective keeps the last ops in float until its top-1 agreement with the float "
-        "model, on training images (not the eval split), reaches this share; in (0, 1].")
+        0.995, "export: int8_selective keeps the last ops in float until its agreement with the float model "
+        "(top-1; for an embedding run, the share of images that keep their nearest neighbour), on training "
+        "images (not the eval split), reaches this share; in (0, 1].")
     int8_keep_float: str | None = setting(
         None, "export: a regular expression of Keras layer names (e.g. '^(rescaling|normalization|stem_)') whose "
         "ops int8_selective keeps in float whatever its search finds; the search adds a float tail only if they "
@@ -71,3 +73,19 @@ def require_onnx() -> None:
     if missing:
         raise SettingError("onnx", f"ONNX export needs {', '.join(missing)}: pip install tf2onnx onnx onnxruntime "
                            "(in a checkout: pip install -e '.[onnx]')")
+
+
+def keep_float_layers(pattern: str, layer_names: Sequence[str]) -> list[str]:
+    """The layers of a model that `int8_keep_float` names, checked before any conversion: a pattern
+    that matches none of them (a typo would keep nothing in float) names the layer groups there are;
+    one that matches all of them would leave nothing int8."""
+    compiled = re.compile(pattern)
+    matched = [name for name in layer_names if compiled.search(name)]
+    if not matched:
+        groups = dict.fromkeys(name.split("_")[0] + ("_*" if "_" in name else "") for name in layer_names)
+        raise SettingError("int8_keep_float", f"int8_keep_float {pattern!r} matches none of the model's "
+                           f"{len(layer_names)} layers: {', '.join(groups)}")
+    if len(matched) == len(layer_names):
+        raise SettingError("int8_keep_float", f"int8_keep_float {pattern!r} matches every layer of the model: "
+                           "nothing would be int8")
+    return matched

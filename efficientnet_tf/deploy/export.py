@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.data.pipeline import PipelineConfig, make_dataset
-from efficientnet_tf.deploy.config import INTEGER_IO, ONNX_OPSET, TFLITE_QUANTIZATIONS, ExportConfig, require_onnx
+from efficientnet_tf.deploy.config import (INTEGER_IO, ONNX_OPSET, TFLITE_QUANTIZATIONS, ExportConfig, keep_float_layers,
+                                          require_onnx)
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
 from efficientnet_tf.files import atomic_write, replace_directory
 from efficientnet_tf.models.builder import build_model, functional_model
@@ -352,8 +353,9 @@ def agreement_report(model: keras.Model, paths: dict[str, str], images, labels=N
         report[name] = entry
     _add_latency(report, runners, images)
     if labels is not None:
+        # eval_images, not images: the float model's row gives top-1 on the eval split only
         report["keras_float32"] = {"top1": float(np.mean(reference_top1[:num_eval] == labels)),
-                                   "images": int(num_eval)}
+                                   "eval_images": int(num_eval)}
     return report
 
 
@@ -411,7 +413,7 @@ def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=N
         report[name] = entry
     _add_latency(report, runners, images)
     if labels is not None:
-        report["keras_float32"] = {"retrieval_top1": float(float_hits.mean()), "images": int(num_eval)}
+        report["keras_float32"] = {"retrieval_top1": float(float_hits.mean()), "eval_images": int(num_eval)}
     return report
 
 
@@ -422,7 +424,7 @@ CLASSIFIER_COLUMNS = (("agree", "agreement", ".4f", 7), ("images", "images", "",
 EMBEDDING_COLUMNS = (("cos mean", "mean_cosine", ".5f", 8), ("cos min", "min_cosine", ".4f", 8),
                      ("same NN", "neighbour_agreement", ".4f", 7), ("images", "images", "", 7), ("retrieval", "retrieval_top1", ".4f", 9),
                      ("change", "retrieval_top1_change", "+.4f", 7), ("lost", "retrieval_lost", "", 5),
-                     ("gained", "retrieval_gained", "", 6), ("p", "retrieval_change_p", ".3f", 6),
+                     ("gained", "retrieval_gained", "", 6), ("p", "retrieval_change_p", ".2g", 7),
                      ("ms/img", "latency_ms_batch1", ".2f", 8))
 
 
@@ -503,6 +505,9 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
     config.validate()
     tflite = config.tflite
     model, info = load_trained_model(model_dir, use_ema=use_ema)
+    if config.int8_keep_float is not None:  # before any file is written or converted
+        keep_float_layers(config.int8_keep_float,
+                          [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)])
     embedding = is_embedding_model(model)
     export_dir = config.export_dir or RunDir(model_dir).export
     size = int(info["image_size"])
