@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.data.pipeline import PipelineConfig, make_dataset
+from efficientnet_tf.data.sources import EMBEDDING_ONLY_SOURCES
 from efficientnet_tf.deploy.config import (INTEGER_IO, ONNX_OPSET, TFLITE_QUANTIZATIONS, ExportConfig, keep_float_layers,
                                           require_onnx)
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
@@ -634,15 +635,17 @@ def _calibration_source(run_config, calibration_dataset: str | None):
     dataset = calibration_dataset or run_config.data.dataset
     try:
         if calibration_dataset:
-            # Calibration needs no labels: any dataset, read as a plain one (not split by identity).
-            return run_config.replace(dataset=calibration_dataset, label_key="label",
-                                      task="classification").load_source("skip")
+            # Calibration needs no labels: any dataset, read as a plain one, except those that hold
+            # identities only (glyphs), which are read as the embedding task reads them.
+            task = "embedding" if calibration_dataset in EMBEDDING_ONLY_SOURCES else "classification"
+            return run_config.replace(dataset=calibration_dataset, label_key="label", task=task).load_source("skip")
         return run_config.load_source("skip")
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"TFLite and ONNX export calibrate on and check against images of the run's dataset, but {dataset!r} "
             f"cannot be loaded here ({err}). Export the SavedModel only (no TFLite formats, no ONNX), or name "
-            "another dataset of similar images as calibration_dataset") from None
+            "another dataset of similar images as calibration_dataset (a classification dataset, or one that holds "
+            f"identities only: {', '.join(EMBEDDING_ONLY_SOURCES)})") from None
 
 
 def _directory_size(path: str) -> int:
