@@ -581,7 +581,6 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         float_models = _FloatSavedModels(model, tmp)
-        float_model = float_models()
         for quantization in (q for q in formats if q in TFLITE_QUANTIZATIONS):
             content = _attempt(failed, quantization, lambda q=quantization: convert_saved_model(
                 float_models(q), q, representative, config.int8_io))
@@ -591,7 +590,7 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
             return paths
         output_layer = model.layers[-1].name if is_embedding_model(model) else "probabilities"  # the graph's output
         calibration = _attempt(failed, "int8_layer_errors",
-                               lambda: Int8Calibration(float_model, representative, output_layer=output_layer))
+                               lambda: Int8Calibration(float_models(), representative, output_layer=output_layer))
         errors = calibration and _attempt(failed, "int8_layer_errors", calibration.layer_errors)
         if not errors:
             if "int8_selective" in formats:
