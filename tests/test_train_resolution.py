@@ -83,7 +83,14 @@ def test_run_trains_at_the_training_size_and_records_both(tmp_path):
     assert trainer.model.input_shape == (None, None, None, 3)  # one model, two sizes
     train_images, _ = trainer.augmented_batch(count=4)
     assert train_images.shape == (4, 32, 32, 3)
+    passes = []
+    evaluate = trainer.evaluate
+    trainer.evaluate = lambda *args, **kwargs: passes.append(kwargs) or evaluate(*args, **kwargs)
     report = trainer.fit()
+    # One pass over the eval split: the last epoch's validation is the final report (confusion included).
+    assert passes == [{"confusion": True}]
+    (row,) = read_history(str(tmp_path))
+    assert float(row["val_accuracy"]) == round(report["top1"], 6) and float(row["val_loss"]) == round(report["loss"], 6)
     info = json.loads((tmp_path / "run.json").read_text())
     assert (info["image_size"], info["train_image_size"]) == (48, 32)
     assert "360" in info["split"] and info["config"]["data"]["train_image_size"] == 32

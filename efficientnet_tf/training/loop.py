@@ -167,6 +167,7 @@ class Trainer:
         self.manager = self._new_manager()
         self._train_fns = {}
         self._eval_fns = {}
+        self._last_epoch_evaluation = None  # the run's last epoch's validation, with its confusion matrix
 
     # ------------------------------------------------------------------ plumbing
 
@@ -307,6 +308,7 @@ class Trainer:
             files.makedirs(self.run_dir.path)
             self._write_run_info()
         start_epoch = self._restore()
+        self._last_epoch_evaluation = None
         history = [r for r in self.run_dir.read_history() if int(r["epoch"]) < start_epoch]
         if self.chief:
             self.run_dir.write_history(history)
@@ -350,7 +352,9 @@ class Trainer:
             return None
         if self.embedding:
             return self._final_embedding_report()
-        report = self.evaluate(confusion=True)
+        # The last epoch validated the weights this report is of: its evaluation is the report
+        # (one pass over the eval split less; a full ImageNet validation on a run's last epoch).
+        report = self._last_epoch_evaluation or self.evaluate(confusion=True)
         confusion = report.pop("confusion_matrix")
         if self.chief:
             self.run_dir.write_eval_report(report, confusion)
@@ -492,7 +496,7 @@ class Trainer:
             "epoch": epoch,
             "accuracy": round(correct_sum / (done * self.config.run.batch_size), 6),
             "loss": round(loss_sum / done, 6),
-            **self._validation_columns(self.evaluate() if validate else None),
+            **self._validation_columns(self._validate(epoch) if validate else None),
             "lr": self._last_step_lr(),
             "stage": stage.index,
             "image_size": stage.image_size,
@@ -507,6 +511,14 @@ class Trainer:
         self._print(f"epoch {epoch + 1}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} {validation} "
                     f"lr {row['lr']:.3g} ({row['images_per_sec']:.0f} images/s)")
         return row
+
+    def _validate(self, epoch: int) -> dict:
+        """The epoch's validation; the run's last epoch's also counts the confusion matrix and is
+        kept for the final report."""
+        if self.embedding or epoch + 1 < self.config.run.epochs:
+            return self.evaluate()
+        self._last_epoch_evaluation = self.evaluate(confusion=True)
+        return self._last_epoch_evaluation
 
     def _validation_columns(self, val: dict | None) -> dict:
         """history.csv's validation columns; the embedding task's val_accuracy is held-out
