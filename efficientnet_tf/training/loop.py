@@ -515,7 +515,7 @@ class Trainer:
     def _validate(self, epoch: int) -> dict:
         """The epoch's validation; the run's last epoch's also counts the confusion matrix and is
         kept for the final report."""
-        if self.embedding or epoch + 1 < self.config.run.epochs:
+        if self.embedding or epoch + 1 < self.stages[-1].end_epoch:
             return self.evaluate()
         self._last_epoch_evaluation = self.evaluate(confusion=True)
         return self._last_epoch_evaluation
