@@ -3,8 +3,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # pytest-xdist's N workers share the cores: N processes each running every op on all cores fight
-# over them (2 workers on 2 cores: 18% more wall time than one core each, 305 s against 259 s). Training subprocesses
-# inherit the share.
+# over them (2 workers on 2 cores: 18% more wall time than one core each, 305 s against 259 s).
+# Training subprocesses inherit the share.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     _SHARE = str(max(1, (os.cpu_count() or 1) // _WORKERS))
