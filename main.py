@@ -317,6 +317,8 @@ def run_export() -> int:
         measure = "nearest-neighbour agreement" if report.get("task") == "embedding" else "agreement"
         print(f"int8_selective: {kept_float_summary(selective)}, search {measure} {selective['search_agreement']:.4f} (target "
               f"{selective['target_agreement']}{'' if selective['target_met'] else ', NOT met: ' + selective['reason']})")
+        if selective.get("head_search_skipped"):
+            print(f"int8_selective: no dynamic-range head search: {selective['head_search_skipped']}")
     print(f"report: {os.path.join(report['export_dir'], 'export_report.json')}")
     if report.get("failed"):
         failures = "; ".join(f"{name} ({reason})" for name, reason in report["failed"].items())

@@ -25,13 +25,14 @@ setup(
         "scikit-learn>=1.3,<2",
     ],
     extras_require={
-        # TFLite export checks run the files with LiteRT (no wheels for Windows: hence optional).
-        "tflite": ["ai-edge-litert>=1.2,<3"],
+        # TFLite export checks run the files with LiteRT (no wheels for Windows: hence optional);
+        # int8_selective's head search quantizes with ai-edge-quantizer.
+        "tflite": ["ai-edge-litert>=1.2,<3", "ai-edge-quantizer>=0.10,<1"],
         # ONNX export (--onnx): tf2onnx converts, onnxruntime checks the file against Keras.
         "onnx": ["tf2onnx>=1.16,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],
         "notebooks": ["ipykernel>=6,<8", "pillow>=9,<14"],
-        "test": ["pytest>=7,<10", "pytest-xdist>=3.2,<4", "ai-edge-litert>=1.2,<3", "nbclient>=0.7,<1",
-                 "nbformat>=5,<6", "ipykernel>=6,<8", "pillow>=9,<14",
+        "test": ["pytest>=7,<10", "pytest-xdist>=3.2,<4", "ai-edge-litert>=1.2,<3", "ai-edge-quantizer>=0.10,<1",
+                 "nbclient>=0.7,<1", "nbformat>=5,<6", "ipykernel>=6,<8", "pillow>=9,<14",
                  "tf2onnx>=1.16,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],
     },
     py_modules=["main"],

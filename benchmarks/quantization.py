@@ -71,8 +71,10 @@ def main(argv=None) -> int:
                 print(f"int8_selective: {kept_float_summary(selective)}; search agreement {selective['search_agreement']:.4f} on "
                       f"{selective['search_images']} training images (target {selective['target_agreement']}"
                       f"{', met' if selective['target_met'] else ', not met: ' + selective['reason']})")
-                print("search steps (float ops -> agreement): "
-                      + ", ".join(f"{s['float_ops']} -> {s['agreement']:.4f}" for s in selective["steps"]))
+                print("search steps (dynamic-range head ops or float tail ops -> agreement): "
+                      + ", ".join(f"{'head' if s['method'] == 'dynamic_head' else 'tail'} "
+                                  f"{s['dynamic_ops'] if s['method'] == 'dynamic_head' else s['float_ops']} -> "
+                                  f"{s['agreement']:.4f}" for s in selective["steps"]))
                 for other in ("int8", "float32"):
                     if other in compared:
                         ratio = compared["int8_selective"]["latency_ms_batch1"] / compared[other]["latency_ms_batch1"]

@@ -230,10 +230,11 @@ def plot_confusion_matrix(matrix, class_names: Sequence[str] | None = None, path
 
 
 def plot_layer_errors(errors: Sequence[Mapping], kept_float: Sequence[str] = (), path: str | None = None,
-                      title: str = "int8: each op's own quantization error, in network order") -> Figure:
+                      title: str = "int8: each op's own quantization error, in network order",
+                      kept_label: str = "kept in float by int8_selective") -> Figure:
     """Bars of `rmse_over_scale` per quantized op (the export report's `int8_layer_errors`),
     coloured by op type, x ticks at the first op of each block; ops whose output tensor is in
-    `kept_float` (int8_selective's choice) are outlined and starred."""
+    `kept_float` (int8_selective's choice) are marked, with `kept_label` in the legend."""
     if not errors:
         raise ValueError("no quantized ops to plot")
     values = np.array([e["rmse_over_scale"] for e in errors], np.float64)
@@ -250,7 +251,7 @@ def plot_layer_errors(errors: Sequence[Mapping], kept_float: Sequence[str] = (),
     top = float(values.max()) * 1.2 if values.max() > 0 else 1.0
     if kept:
         axes.scatter(positions[kept], values[kept] + 0.04 * top, marker="v", s=14, color="black", zorder=3,
-                     label=f"kept in float by int8_selective ({len(kept)})")
+                     label=f"{kept_label} ({len(kept)})")
     axes.axhline(1 / np.sqrt(12), color="gray", linestyle="--", linewidth=1, label="rounding only (1/sqrt(12))")
     axes.set_ylim(0, top)
     axes.set_ylabel("RMSE / quantization step")

@@ -173,14 +173,18 @@ def test_lite_int8_and_selective_int8_on_trained_digits():
     assert int8 >= 0.99, out
     row = re.search(r"^int8\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+(\d+)", out, re.M)
     assert float(row.group(1)) == int8 and int(row.group(2)) == 1797, out
-    search = re.search(r"^int8_selective: (\d+) of (\d+) ops kept in float(?: \(from \w+ on\))?; search agreement "
-                       r"([\d.]+) on (\d+) training images \(target 0.995, (met|not met: .+)\)$", out, re.M)
+    chosen = (r"static int8 (?:with the first \d+ of \d+ ops dynamic-range|throughout, \d+ ops) \(.*\)"
+              r"|\d+ of \d+ ops kept in float(?: \(.*\))?")
+    search = re.search(rf"^int8_selective: ({chosen}); search agreement ([\d.]+) on (\d+) training images "
+                       r"\(target 0.995, (met|not met: .+)\)$", out, re.M)
     assert search, out
-    assert int(search.group(4)) == 1437  # every training image of digits (eval preprocessing), no eval image
-    if search.group(5) == "met":
-        assert float(search.group(3)) >= 0.995
+    assert int(search.group(3)) == 1437  # every training image of digits (eval preprocessing), no eval image
+    if search.group(4) == "met":
+        assert float(search.group(2)) >= 0.995
     else:
-        assert "reached agreement" in search.group(5) and float(search.group(3)) < 0.995
+        assert "reached agreement" in search.group(4) and float(search.group(2)) < 0.995
+    steps = re.search(r"^search steps \(dynamic-range head ops or float tail ops -> agreement\): (.+)$", out, re.M)
+    assert steps and steps.group(1).startswith("head 0 -> "), out  # the head search comes first
     assert re.search(r"^ratio latency int8_selective/int8 efficientnet-lite0: [\d.]+x$", out, re.M), out
 
 

@@ -91,6 +91,10 @@ def test_log_level_resolution():
     (["--mode=export", "--tflite=int8_selective", "--int8_keep_float=stem_(conv"],
      "--int8_keep_float=stem_(conv: int8_keep_float 'stem_(conv' is not a regular expression: missing ), "
      "unterminated subpattern at position 5"),
+    (["--mode=export", "--tflite=int8_selective", "--int8_selective_search=head"],
+     "--int8_selective_search=head: unknown int8_selective_search 'head'; choose from dynamic_head, float_tail"),
+    (["--mode=export", "--tflite=int8_selective", "--int8_selective_search="],
+     "--int8_selective_search=: int8_selective_search names no search; choose from dynamic_head, float_tail"),
 ])
 def test_bad_new_flags_fail_with_one_line(args, message, tmp_path):
     result = subprocess.run([sys.executable, "main.py", f"--model_dir={tmp_path}", *args], capture_output=True,

@@ -35,10 +35,11 @@ def test_training_run_writes_plots_and_confusion_matrix(tiny_run):
 def exported(tiny_run, tmp_path_factory):
     model_dir, _ = tiny_run
     export_dir = str(tmp_path_factory.mktemp("export") / "out")
-    # Target 1.0: the barely trained model's int8 cannot reach it untouched, so the search keeps ops in float.
+    # Target 1.0: the barely trained model's int8 cannot reach it untouched, so the search keeps ops in
+    # float (the tail search alone here; the head search has its own test).
     report = export.export_run(model_dir, export_dir=export_dir, tflite=["float32", "int8", "int8_selective"],
-                               onnx=True, int8_target_agreement=1.0, calibration_images=32, check_images=64,
-                               search_images=96)
+                               onnx=True, int8_target_agreement=1.0, int8_selective_search=["float_tail"],
+                               calibration_images=32, check_images=64, search_images=96)
     return model_dir, export_dir, report
 
 
@@ -257,12 +258,46 @@ def test_selective_int8_keeps_the_end_of_the_network_in_float(exported):
     assert selective_types.get(first_int8, "int8") in ("int8", "int32")
 
 
+def test_selective_int8_head_search_runs_the_first_ops_outside_static_int8(tiny_run, tmp_path):
+    model_dir, _ = tiny_run
+    out = str(tmp_path / "out")
+    report = export.export_run(model_dir, export_dir=out, tflite=["float32", "int8_selective"],
+                               int8_selective_search=["dynamic_head"], int8_target_agreement=1.0,
+                               calibration_images=32, check_images=64, search_images=96)
+    assert not report.get("failed"), report.get("failed")
+    selective = report["int8_selective"]
+    assert selective["method"] == "dynamic_head" and selective["quantizer"] == "ai-edge-quantizer"
+    steps = {s["dynamic_ops"]: s["agreement"] for s in selective["steps"]}
+    assert {s["method"] for s in selective["steps"]} == {"dynamic_head"} and list(steps)[:3] == [0, 1, 2]
+    count, target = selective["dynamic_ops"], selective["target_agreement"]
+    assert steps[count] == selective["search_agreement"] and max(steps) <= selective["graph_ops"] // 2
+    if selective["target_met"]:
+        assert selective["search_agreement"] >= target and all(a < target for c, a in steps.items() if c < count)
+    else:
+        assert max(steps.values()) == selective["search_agreement"] and "dynamic-range head" in selective["reason"]
+    assert report["tflite"]["int8_selective"]["images"] == 64  # checked like every format, on other images
+    # In the file (tensors named as in the float graph): the head's outputs are float, the ops after it int8.
+    float_graph = _tensor_types(os.path.join(out, "model_float32.tflite"))
+    types = _tensor_types(os.path.join(out, "model_int8_selective.tflite"))
+    outputs = [[name for name in float_graph if op["tensor"] == name + ";"] for op in selective["dynamic_head"]]
+    head = [names[0] for names in outputs if names]
+    assert len(head) == count and {types[name] for name in head} <= {"float32"}
+    from efficientnet_tf.deploy.quantization import DynamicHeadInt8
+
+    with open(os.path.join(out, "model_float32.tflite"), "rb") as f:
+        ops = DynamicHeadInt8(f.read(), np.zeros((1, 32, 32, 3), np.float32)).ops
+    after = [op for op in ops[count:] if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D")][0]
+    assert types[after.scope[:-1]] == "int8", after  # the first convolution after the head: static int8
+    assert [op["tensor"] for op in selective["dynamic_head"]] == [op.scope for op in ops[:count]]
+
+
 @pytest.mark.slow
 def test_int8_keep_float_keeps_the_named_layers_in_float_in_the_file(tiny_run, tmp_path):
     model_dir, _ = tiny_run
     head = "^(rescaling|normalization|stem_)"  # the input's scaling and the stem
     report = export.export_run(model_dir, export_dir=str(tmp_path / "out"), tflite=["int8_selective"],
-                               int8_keep_float=head, int8_target_agreement=0.01, calibration_images=32,
+                               int8_keep_float=head, int8_target_agreement=0.01, int8_selective_search=["float_tail"],
+                               calibration_images=32,
                                check_images=32, search_images=32)
     assert not report.get("failed"), report.get("failed")
     selective = report["int8_selective"]
@@ -412,3 +447,20 @@ def test_onnx_without_its_extra_says_how_to_install(monkeypatch, tiny_run, tmp_p
     with pytest.raises(ValueError, match="ONNX export needs tf2onnx"):
         export.export_run(tiny_run[0], export_dir=str(tmp_path / "out"), onnx=True)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_without_ai_edge_quantizer_int8_selective_searches_the_tail_and_says_why(monkeypatch, tiny_run, tmp_path):
+    import sys
+
+    from efficientnet_tf.deploy.config import ExportConfig
+
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # what an install without the package sees
+    with pytest.raises(ValueError, match=r"int8_selective_search=dynamic_head needs ai-edge-quantizer: pip install "
+                                         r"ai-edge-quantizer \(in a checkout: pip install -e '.\[tflite\]'\)"):
+        ExportConfig(tflite=["int8_selective"], int8_selective_search=["dynamic_head"]).validate()
+    report = export.export_run(tiny_run[0], export_dir=str(tmp_path / "out"), tflite=["int8_selective"],
+                               int8_target_agreement=0.01, calibration_images=32, check_images=32, search_images=32)
+    selective = report["int8_selective"]
+    assert not report.get("failed") and selective["method"] == "float_tail" and selective["target_met"]
+    assert {s["method"] for s in selective["steps"]} == {"float_tail"}
+    assert selective["head_search_skipped"].startswith("ai-edge-quantizer is not installed")

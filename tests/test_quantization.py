@@ -2,7 +2,8 @@
 
 import pytest
 
-from efficientnet_tf.deploy.quantization import LayerError, keras_layer_name, kept_float_summary, selective_int8
+from efficientnet_tf.deploy.quantization import (GraphOp, LayerError, keras_layer_name, kept_float_summary,
+                                                 selective_int8)
 
 
 class KnownCalibration:
@@ -45,7 +46,7 @@ def test_search_finds_the_shortest_float_tail_that_reaches_the_target():
 def test_search_stops_at_once_when_int8_already_agrees():
     content, report = selective_int8(KnownCalibration(), agreement_when([]), target=0.995)
     assert content == b"" and report["float_ops"] == 0 and report["first_float_layer"] is None
-    assert report["steps"] == [{"float_ops": 0, "first_float_layer": None, "agreement": 1.0}]
+    assert report["steps"] == [{"method": "float_tail", "float_ops": 0, "first_float_layer": None, "agreement": 1.0}]
 
 
 def test_an_unreachable_target_is_reported_with_the_best_model():
@@ -117,6 +118,88 @@ def test_keep_float_must_name_some_but_not_all_ops(pattern, message):
     with pytest.raises(ValueError) as raised:
         selective_int8(calibration, agreement_when([]), keep_float=pattern)
     assert str(raised.value) == message and calibration.quantized == []  # refused before any conversion
+
+
+class KnownHead:
+    """Twelve graph ops; a "model" names its dynamic-range head and its float ops: 'h3|f:g5'."""
+
+    def __init__(self):
+        self.ops = [GraphOp(i, "CONV_2D", f"g{i};", f"block{i}a_conv") for i in range(12)]
+        self.quantized = []
+
+    def quantize(self, head, keep_float=()):
+        self.quantized.append((head, [op.scope for op in keep_float]))
+        return f"h{head}|f:{','.join(op.scope for op in keep_float)}".encode()
+
+
+def head_of(content: bytes) -> int:
+    text = content.decode()
+    return int(text[1:text.index("|")]) if text.startswith("h") else -1
+
+
+def test_a_dynamic_head_that_reaches_the_target_is_chosen_before_any_float_tail():
+    calibration, head = KnownCalibration(), KnownHead()
+    content, report = selective_int8(calibration, lambda c: 0.999 if head_of(c) >= 3 else 0.99, head=head)
+    assert content == b"h3|f:" and report["method"] == "dynamic_head" and report["target_met"]
+    # 0, 1, 2, 4 (met), then bisect between 2 and 4: 3 (met); the converter is never asked.
+    assert [(s["method"], s["dynamic_ops"]) for s in report["steps"]] == [("dynamic_head", n) for n in (0, 1, 2, 4, 3)]
+    assert calibration.quantized == []
+    assert report["dynamic_ops"] == 3 and report["graph_ops"] == 12 and report["last_dynamic_layer"] == "block2a_conv"
+    assert [op["tensor"] for op in report["dynamic_head"]] == ["g0;", "g1;", "g2;"]
+    assert report["float_ops"] == 0 and report["quantized_ops"] == 9 and report["quantizer"] == "ai-edge-quantizer"
+    assert kept_float_summary(report) == ("static int8 with the first 3 of 12 ops dynamic-range "
+                                          "(to block2a_conv; ai-edge-quantizer)")
+
+
+def test_the_float_tail_is_searched_when_no_head_up_to_the_limit_reaches_the_target():
+    calibration, head = KnownCalibration(), KnownHead()
+
+    def agreement(content):
+        return 0.99 + 0.0001 * head_of(content) if head_of(content) >= 0 else agreement_when(["t8", "t9"])(content)
+
+    content, report = selective_int8(calibration, agreement, head=head)
+    assert content == b"t8,t9" and report["method"] == "float_tail" and report["target_met"]
+    heads = [s["dynamic_ops"] for s in report["steps"] if s["method"] == "dynamic_head"]
+    assert heads == [0, 1, 2, 4, 6]  # half of the 12 ops at most
+    assert [s["float_ops"] for s in report["steps"] if s["method"] == "float_tail"] == [0, 1, 2]
+    assert report["steps"][:len(heads)] == [s for s in report["steps"] if s["method"] == "dynamic_head"]
+
+
+def test_an_unreachable_target_reports_both_searches_and_keeps_the_best_model():
+    def agreement(content):  # the head of 6 is the best model seen
+        return 0.97 + 0.003 * head_of(content) if head_of(content) >= 0 else 0.95
+
+    content, report = selective_int8(KnownCalibration(), agreement, head=KnownHead(), max_dynamic_ops=6)
+    assert content == b"h6|f:" and not report["target_met"] and report["method"] == "dynamic_head"
+    assert report["search_agreement"] == pytest.approx(0.988)
+    assert report["reason"].startswith("a dynamic-range head of up to 6 of 12 ops reached agreement 0.9880 and "
+                                       "keeping the last 8 of 9 ops in float reached agreement 0.9500 < target 0.995")
+
+
+def test_the_head_search_alone_never_asks_the_converter():
+    calibration = KnownCalibration()
+    content, report = selective_int8(calibration, lambda c: 0.99, head=KnownHead(), float_tail=False)
+    assert calibration.quantized == [] and content == b"h0|f:" and not report["target_met"]
+    assert kept_float_summary(report) == "static int8 throughout, 12 ops (ai-edge-quantizer)"
+    assert report["reason"].startswith("a dynamic-range head of up to 6 of 12 ops reached agreement 0.9900 < target")
+    with pytest.raises(ValueError, match="nothing to search"):
+        selective_int8(calibration, lambda c: 0.99, float_tail=False)
+
+
+def test_keep_float_layers_stay_float_in_every_head_tried():
+    head = KnownHead()
+    content, report = selective_int8(KnownCalibration(), lambda c: 1.0 if head_of(c) >= 1 else 0.9, head=head,
+                                     keep_float="^block[7]a_")
+    assert content == b"h1|f:g7;" and all(kept == ["g7;"] for _, kept in head.quantized)
+    assert report["float_by_setting"] == 1 and [op["tensor"] for op in report["kept_float"]] == ["g7;"]
+    assert report["float_ops"] == 1 and report["quantized_ops"] == 10
+    assert kept_float_summary(report) == ("static int8 with the first 1 of 12 ops dynamic-range (to block0a_conv; "
+                                          "1 named by keep_float '^block[7]a_' in float; ai-edge-quantizer)")
+
+
+def test_max_dynamic_ops_must_not_be_negative():
+    with pytest.raises(ValueError, match="max_dynamic_ops must be >= 0, got -2"):
+        selective_int8(KnownCalibration(), agreement_when([]), head=KnownHead(), max_dynamic_ops=-2)
 
 
 def test_layer_names_come_from_keras_scopes():

@@ -9,7 +9,7 @@ _EXPORTS = {
     "export_run": "export", "export_saved_model": "export", "export_tflite": "export", "convert_tflite": "export",
     "load_trained_model": "export", "agreement_report": "export", "TFLiteRunner": "export", "OnnxRunner": "export",
     "convert_onnx": "export",
-    "Int8Calibration": "quantization", "selective_int8": "quantization",
+    "Int8Calibration": "quantization", "DynamicHeadInt8": "quantization", "selective_int8": "quantization",
     "Predictor": "predict", "format_predictions": "predict", "imagenet_class_names": "predict",
 }
 __all__ = sorted(_EXPORTS)

@@ -483,12 +483,13 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
     Args:
         model_dir: a training run's directory.
         config: what to write (`ExportConfig`: export_dir, tflite formats, check_images, int8_io,
-            int8_target_agreement, int8_keep_float, onnx); or give those as keyword `settings`, e.g.
+            int8_target_agreement, int8_keep_float, int8_selective_search, onnx); or give those as
+            keyword `settings`, e.g.
             `export_run(run, tflite=["int8"], onnx=True)`.
         top_k: classes each serving signature returns.
         use_ema: export the EMA weights when the run kept them.
-        calibration_images: training-pipeline images the int8/int16x8 converters calibrate on
-            (and int8's per-op errors are measured on).
+        calibration_images: training-pipeline images the int8/int16x8 converters and
+            int8_selective's ai-edge-quantizer calibrate on (and int8's per-op errors are measured on).
         search_images: training images (eval preprocessing; never the eval split) on which
             int8_selective's search measures agreement.
 
@@ -497,7 +498,8 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
         float model on `check_images` images (eval split first, then training images) and on the
         eval split alone, top-1 on the eval split and its change, batch-1 latency; with int8, each
         op's own quantization error (`int8_layer_errors`, drawn in int8_layer_errors.png); with
-        int8_selective, the ops kept in float and every step of the search (`int8_selective`).
+        int8_selective, the search that won, its ops (a dynamic-range head or a float tail) and every
+        step of both searches (`int8_selective`).
     """
     if config is None:
         config = ExportConfig(**settings)
@@ -597,7 +599,7 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
                 failed["int8_selective"] = failed.get("int8_layer_errors", "the int8 calibration found no quantized op")
             return paths
         report["int8_layer_errors"] = [e.as_dict() for e in errors]
-        kept = ()
+        kept, kept_label = (), "kept in float by int8_selective"
         if "int8_selective" in formats:
             reference = _predict(model.predict_on_batch, search)
             if is_embedding_model(model):
@@ -615,18 +617,46 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
                 def agreement(content: bytes) -> float:
                     return float(np.mean(_predict(TFLiteRunner(content), search).argmax(-1) == reference.argmax(-1)))
 
-            chosen = _attempt(failed, "int8_selective", lambda: selective_int8(
-                calibration, agreement, config.int8_target_agreement, keep_float=config.int8_keep_float))
+            searches = config.int8_selective_search
+            head, no_head = (_dynamic_head(float_models, representative, output_layer) if "dynamic_head" in searches
+                             else (None, None))
+            if head is None and "float_tail" not in searches:
+                failed["int8_selective"] = f"its only search, dynamic_head, cannot run: {no_head}"
+                chosen = None
+            else:
+                chosen = _attempt(failed, "int8_selective", lambda: selective_int8(
+                    calibration, agreement, config.int8_target_agreement, keep_float=config.int8_keep_float,
+                    head=head, float_tail="float_tail" in searches))
             if chosen is not None:
                 content, search_report = chosen
                 write("int8_selective", content)
-                report["int8_selective"] = dict(search_report, search_images=int(len(search)))
-                kept = [entry["tensor"] for entry in search_report["kept_float"]]
+                report["int8_selective"] = dict(search_report, search_images=int(len(search)),
+                                                **({"head_search_skipped": no_head} if no_head else {}))
+                if search_report["method"] == "float_tail":
+                    kept = [entry["tensor"] for entry in search_report["kept_float"]]
+                else:
+                    head_layers = {entry["layer"] for entry in search_report["dynamic_head"] + search_report["kept_float"]}
+                    kept = [e.tensor for e in errors if e.layer in head_layers]
+                    kept_label = "layers int8_selective runs in dynamic-range int8 or float"
         try:
-            plot_layer_errors(report["int8_layer_errors"], kept, os.path.join(path, LAYER_ERRORS_PNG))
+            plot_layer_errors(report["int8_layer_errors"], kept, os.path.join(path, LAYER_ERRORS_PNG),
+                              kept_label=kept_label)
         except Exception as err:  # noqa: BLE001  (a figure is not worth failing the export for)
             log.warning("could not draw %s: %s", LAYER_ERRORS_PNG, err)
     return paths
+
+
+def _dynamic_head(float_models: _FloatSavedModels, representative, output_layer: str):
+    """int8_selective's head search (`DynamicHeadInt8`) and None, or None and why it cannot run."""
+    from efficientnet_tf.deploy.quantization import DynamicHeadInt8, edge_quantizer_missing
+
+    missing = edge_quantizer_missing()
+    if missing:
+        return None, missing
+    failed = {}
+    head = _attempt(failed, "head", lambda: DynamicHeadInt8(convert_saved_model(float_models(), "float32"),
+                                                             representative, output_layer))
+    return head, failed.get("head")
 
 
 def _calibration_source(run_config, calibration_dataset: str | None):

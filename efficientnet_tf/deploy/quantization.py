@@ -7,16 +7,18 @@ the float op's, so every op's error is its own, not an accumulation of the ops b
 The figure used is RMSE divided by the output's quantization step (`rmse_over_scale`): rounding
 alone gives 1/sqrt(12) ~ 0.29; ops far above that are broken by their quantization.
 
-`selective_int8` keeps the end of the network in float: the last op, the last 2, 4, ... then
-bisecting, until the model agrees with the float model on a target share of search images, and
-reports every step. Why the end and not the ops with the largest own error: an op kept in float
-among int8 ops hands its output to an int8 op, which quantizes it again, so the error it avoided
-comes straight back; only a connected float region keeps its tensors in float, and the region
-that ends at the output keeps every error it avoids out of the logits. (On EfficientNet-B0 and
-V2-B0, whose ops all sit near the rounding level, keeping the worst ops in float moved agreement
-only once most of the network was float: docs/deployment.md.) `keep_float` names layers to keep in
-float besides the tail: a region at the input, where the int8 loss of an ArcFace glyph embedding
-sat (docs/deployment.md).
+`selective_int8` searches for the cheapest int8 model that agrees with the float model on a target
+share of search images, and reports every step. It first tries ai-edge-quantizer's static int8
+with a dynamic-range head (`DynamicHeadInt8`: the first op, 2, 4, ... then bisecting, in int8
+weights and float activations), then the converter's int8 with a float tail (the last op, 2, 4,
+...). Why runs at the ends and not the ops with the largest own error: an op kept in float among
+int8 ops hands its output to an int8 op, which quantizes it again, so the error it avoided comes
+straight back; only a connected region keeps its tensors in float. A region at the input keeps
+out the errors that every later op would inherit; the region that ends at the output keeps every
+error it avoids out of the logits. (On EfficientNet-B0 and V2-B0, whose ops
+all sit near the rounding level, keeping the worst ops in float moved agreement only once most of
+the network was float: docs/deployment.md.) `keep_float` names layers to keep in float besides
+what the searches choose.
 """
 
 from __future__ import annotations
@@ -130,93 +132,274 @@ class Int8Calibration:
             return self._debugger.get_nondebug_quantized_model()
 
 
-def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], float], target: float = 0.995,
-                   max_float_ops: int | None = None, keep_float: str | None = None) -> tuple[bytes, dict]:
-    """Keep the last ops of the network in float until `agreement(model) >= target`.
+@dataclasses.dataclass(frozen=True)
+class GraphOp:
+    """One op of the float TFLite graph, in execution order."""
+
+    index: int
+    op: str  # CONV_2D, LOGISTIC, MUL, ...
+    scope: str  # ai-edge-quantizer's key for the op: its output tensors' names, each followed by ';'
+    layer: str  # the Keras layer the op came from
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "op": self.op, "layer": self.layer, "tensor": self.scope}
+
+
+def edge_quantizer_missing() -> str | None:
+    """Why ai-edge-quantizer cannot be used here (one line), or None when it can."""
+    try:
+        import ai_edge_quantizer  # noqa: F401
+    except ImportError as err:
+        return (f"ai-edge-quantizer is not installed ({err}); pip install 'efficientnet_tf[tflite]' "
+                "-c constraints.txt adds it")
+    return None
+
+
+class DynamicHeadInt8:
+    """Static int8 from ai-edge-quantizer, with the first ops of the network in dynamic-range int8.
+
+    On EfficientNet-B0 and V2-B0 the static int8 of ai-edge-quantizer agrees with the float model
+    more often than the TFLite converter's (its calibration keeps a moving average of each image's
+    activation range, which clips the rare outliers of augmented crops, where the converter keeps
+    the widest range seen), and on V2-B0 what it still loses sits at the start of the network,
+    whose errors every later op inherits. A head of dynamic-range ops (int8 weights, float
+    activations; ops without such a kernel, e.g. the squeeze-excite sigmoid and multiply, stay
+    float) keeps that error out at little cost: V2-B0's first 32 ops run within a few percent of
+    full int8 (docs/deployment.md has the figures).
 
     Args:
-        calibration: the calibrated model.
+        float_tflite: the float32 TFLite model (bytes).
+        representative_images: images that set the activation ranges (float 0..255).
+        output_layer: the Keras layer whose output is the model's output.
+    """
+
+    def __init__(self, float_tflite: bytes, representative_images: np.ndarray, output_layer: str = "probabilities"):
+        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+        from tensorflow.lite.python import schema_py_generated as schema
+
+        self._float = bytes(float_tflite)
+        graph = tfl_flatbuffer_utils.read_model(self._float)
+        subgraph = graph.subgraphs[0]
+        names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+        self.ops = []
+        for index, op in enumerate(subgraph.operators):
+            code = graph.operatorCodes[op.opcodeIndex]
+            scope = tfl_flatbuffer_utils.get_op_scope(op, subgraph.tensors)
+            self.ops.append(GraphOp(index, names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM"),
+                                    scope, keras_layer_name(scope.split(";")[0], output_layer)))
+        signatures = Interpreter(model_content=self._float).get_signature_list()
+        signature = next(iter(signatures))
+        image_input = signatures[signature]["inputs"][0]
+        self._calibration_data = {signature: [{image_input: image[None]}
+                                              for image in np.asarray(representative_images, np.float32)]}
+        self._ranges = None
+
+    def _quantizer(self):
+        from ai_edge_quantizer import quantizer, recipe
+
+        edge = quantizer.Quantizer(self._float)
+        edge.load_quantization_recipe(recipe.static_wi8_ai8())
+        return edge
+
+    def quantize(self, head: int, keep_float: Sequence[GraphOp] = ()) -> bytes:
+        """Static int8 (float input and output) with the first `head` ops dynamic-range and the
+        ops of `keep_float` float."""
+        from ai_edge_quantizer import algorithm_manager, qtyping
+
+        every_op = qtyping.TFLOperationName.ALL_SUPPORTED
+        if self._ranges is None:  # one calibration serves every head: it records every tensor's range
+            edge = self._quantizer()
+            with _quiet_edge_quantizer():
+                self._ranges = edge.calibrate(self._calibration_data)
+        edge = self._quantizer()
+
+        def exactly(ops: Sequence[GraphOp]) -> str:
+            return "^(?:" + "|".join(re.escape(op.scope) for op in ops) + ")$"
+
+        # The quantizer applies the last config whose regex matches an op's scope; a config for every
+        # op type replaces the earlier ones under the same regex string, hence the three spellings.
+        if head:
+            edge.update_quantization_recipe(regex=exactly(self.ops[:head]), operation_name=every_op,
+                                            algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+            edge.add_dynamic_config(regex="(?:" + exactly(self.ops[:head]) + ")", operation_name=every_op, num_bits=8)
+        if keep_float:
+            edge.update_quantization_recipe(regex="(?:(?:" + exactly(keep_float) + "))", operation_name=every_op,
+                                            algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+        with _quiet_edge_quantizer():
+            return bytes(edge.quantize(self._ranges, enable_progress_report=False).quantized_model)
+
+
+@contextlib.contextmanager
+def _quiet_edge_quantizer():
+    """ai-edge-quantizer prints progress bars and absl INFO lines per call: a search makes dozens."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], float], target: float = 0.995,
+                   max_float_ops: int | None = None, keep_float: str | None = None,
+                   head: DynamicHeadInt8 | None = None, max_dynamic_ops: int | None = None,
+                   float_tail: bool = True) -> tuple[bytes, dict]:
+    """The int8 model that agrees with the float model on `target` of the search images, at the least
+    cost found: first a dynamic-range head on ai-edge-quantizer's static int8 (`head`), then a float
+    tail on the converter's int8 (`calibration`).
+
+    Each search tries 0, 1, 2, 4, ... ops until `agreement(model) >= target`, then bisects for the
+    fewest. The head search comes first because its ops are the cheap ones (narrow, early
+    convolutions; docs/deployment.md); the tail search runs only when no head up to
+    `max_dynamic_ops` reaches the target.
+
+    Args:
+        calibration: the converter's calibrated model.
         agreement: top-1 agreement of a TFLite model (bytes) with the float model, measured on
             images that are not the evaluation images.
         target: the agreement to reach, in (0, 1].
-        max_float_ops: the most ops kept in float (default: all but one; with every op in float
-            it is no longer an int8 model).
+        max_float_ops: the most ops kept in float by the tail search (default: all but one; with
+            every op in float it is no longer an int8 model).
         keep_float: a regular expression; the ops of every Keras layer whose name it matches
             (`re.search`, e.g. "^(rescaling|normalization|stem_)" for the input's scaling and the
-            stem) stay in float whatever the search finds, and the search adds a float tail only
-            if they do not already reach the target. It must match at least one op. Its ops count
-            towards `max_float_ops`, which then bounds the tail only (never drops a named op).
+            stem) stay in float in every model tried, and the searches add ops only if they do not
+            already reach the target. It must match at least one of the converter's quantized ops.
+            Its ops count towards `max_float_ops`, which then bounds the tail only.
+        head: ai-edge-quantizer's int8 of the same model (`DynamicHeadInt8`); None: the tail
+            search only.
+        max_dynamic_ops: the longest head tried (default: half the graph's ops; beyond that the
+            head runs at about float speed and a float tail is the better trade).
+        float_tail: whether the tail search runs when no head reaches the target.
 
     Returns:
-        The chosen model and its report: target, whether it was met (and if not, why), the ops
-        kept in float (in network order) with their own errors (`float_by_setting`: how many of
-        them `keep_float` chose), and every step of the search.
-        The bisection assumes that a longer float tail agrees at least as well; where the
-        measured agreement is not monotonic the result is a tail that meets the target, not
-        necessarily the shortest one.
+        The chosen model and its report: target, whether it was met (and if not, why), `method`
+        (`dynamic_head` or `float_tail`), the ops in dynamic-range int8 (`dynamic_head`) or kept in
+        float (`kept_float`, in network order, with their own errors; `float_by_setting`: how many
+        of them `keep_float` chose), and every step of both searches.
+        The bisection assumes that a longer head or tail agrees at least as well; where the
+        measured agreement is not monotonic the result meets the target, but is not necessarily
+        the shortest that does.
     """
     if not 0 < target <= 1:
         raise ValueError(f"target agreement must be in (0, 1], got {target}")
-    if max_float_ops is not None and max_float_ops < 0:
-        raise ValueError(f"max_float_ops must be >= 0, got {max_float_ops}")
+    if head is None and not float_tail:
+        raise ValueError("nothing to search: no head (ai-edge-quantizer's int8) and no float tail")
+    for name, value in (("max_float_ops", max_float_ops), ("max_dynamic_ops", max_dynamic_ops)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     quantized = sorted((e for e in calibration.layer_errors() if e.op not in _NOT_CANDIDATES), key=lambda e: e.index)
     forced = _matching_ops(quantized, keep_float) if keep_float is not None else []
+    steps, models = [], {}
+
+    def reached(method: str, count: int) -> float:
+        return models[method, count][1]
+
+    found = None
+    if head is not None:
+        named = [op for op in head.ops if keep_float is not None and re.search(keep_float, op.layer)]
+        head_limit = min(len(head.ops) // 2 if max_dynamic_ops is None else max_dynamic_ops, len(head.ops) - 1)
+
+        def try_head(count: int) -> float:
+            if ("dynamic_head", count) not in models:
+                content = head.quantize(count, named)
+                models["dynamic_head", count] = (content, agreement(content))
+                steps.append({"method": "dynamic_head", "dynamic_ops": count,
+                              "last_dynamic_layer": head.ops[count - 1].layer if count else None,
+                              "agreement": reached("dynamic_head", count)})
+            return reached("dynamic_head", count)
+
+        count = _fewest_reaching(try_head, head_limit, target)
+        if count is not None:
+            found = ("dynamic_head", count)
+
     candidates = [e for e in quantized if e not in forced]  # what the tail is taken from
     most = len(quantized) - 1 if max_float_ops is None else max_float_ops
-    limit = max(0, min(most - len(forced), len(candidates) - 1))
-    steps, models = [], {}
+    tail_limit = max(0, min(most - len(forced), len(candidates) - 1))
 
     def tail(count: int) -> list[LayerError]:
         return candidates[len(candidates) - count:] if count else []
 
-    def try_keeping(count: int) -> float:
-        if count not in models:
-            content = calibration.quantize([e.tensor for e in forced + tail(count)])
-            models[count] = (content, agreement(content))
-            steps.append({"float_ops": len(forced) + count, "first_float_layer": tail(count)[0].layer if count else None,
-                          "agreement": models[count][1]})
-        return models[count][1]
+    if found is None and float_tail:
+        def try_tail(count: int) -> float:
+            if ("float_tail", count) not in models:
+                content = calibration.quantize([e.tensor for e in forced + tail(count)])
+                models["float_tail", count] = (content, agreement(content))
+                steps.append({"method": "float_tail", "float_ops": len(forced) + count,
+                              "first_float_layer": tail(count)[0].layer if count else None,
+                              "agreement": reached("float_tail", count)})
+            return reached("float_tail", count)
 
-    # Grow the float tail geometrically until the target is met, then bisect for the shortest.
-    low, high, count = -1, None, 0
-    while True:
-        if try_keeping(count) >= target:
-            high = count
-            break
+        count = _fewest_reaching(try_tail, tail_limit, target)
+        if count is not None:
+            found = ("float_tail", count)
+    # Not reachable: the best model seen; on a tie the head (the cheaper ops), then the shorter one.
+    method, chosen = found or max(models, key=lambda key: (models[key][1], key[0] == "dynamic_head", -key[1]))
+    report = {"target_agreement": target, "search_agreement": reached(method, chosen), "target_met": found is not None,
+              "method": method}
+    if method == "dynamic_head":
+        in_head = {op.index for op in head.ops[:chosen]}
+        report.update(quantizer="ai-edge-quantizer", graph_ops=len(head.ops), dynamic_ops=chosen,
+                      last_dynamic_layer=head.ops[chosen - 1].layer if chosen else None,
+                      dynamic_head=[op.as_dict() for op in head.ops[:chosen]],
+                      kept_float=[op.as_dict() for op in named if op.index not in in_head],
+                      first_float_layer=None)
+        report.update(float_ops=len(report["kept_float"]),
+                      quantized_ops=len(head.ops) - chosen - len(report["kept_float"]))
+    else:
+        kept = sorted(forced + tail(chosen), key=lambda e: e.index)
+        report.update(quantizer="tflite-converter", float_ops=len(kept), quantized_ops=len(quantized) - len(kept),
+                      first_float_layer=tail(chosen)[0].layer if chosen else None,
+                      kept_float=[e.as_dict() for e in kept])
+    report["steps"] = steps
+    if keep_float is not None:
+        report.update(keep_float=keep_float, float_by_setting=len(forced) if method == "float_tail" else len(named))
+    if found is None:
+        also = f" (besides the {len(forced)} named by keep_float)" if forced else ""
+        searched = []
+        if head is not None:
+            searched.append(f"a dynamic-range head of up to {head_limit} of {len(head.ops)} ops reached agreement "
+                            f"{reached('dynamic_head', head_limit):.4f}")
+        if float_tail:
+            searched.append(f"keeping the last {tail_limit} of {len(candidates)} ops in float{also} reached agreement "
+                            f"{reached('float_tail', tail_limit):.4f}")
+        report["reason"] = (" and ".join(searched) + f" < target {target}: the loss comes from the int8 ops "
+                            "outside them, or the search images are too few to measure the target")
+    return models[method, chosen][0], report
+
+
+def _fewest_reaching(agreement_of: Callable[[int], float], limit: int, target: float) -> int | None:
+    """The fewest ops (0, 1, 2, 4, ... up to `limit`, then bisecting) whose model reaches `target`;
+    None when not even `limit` does."""
+    low, count = -1, 0
+    while agreement_of(count) < target:
         low = count
         if count >= limit:
-            break
+            return None
         count = min(limit, max(1, count * 2))
-    if high is not None:
-        while high - low > 1:
-            middle = (low + high) // 2
-            if try_keeping(middle) >= target:
-                high = middle
-            else:
-                low = middle
-        chosen = high
-    else:  # not reachable: the best seen, the shorter tail on a tie
-        chosen = max(models, key=lambda c: (models[c][1], -c))
-    kept = sorted(forced + tail(chosen), key=lambda e: e.index)
-    report = {"target_agreement": target, "search_agreement": models[chosen][1], "target_met": high is not None,
-              "float_ops": len(kept), "quantized_ops": len(quantized) - len(kept),
-              "first_float_layer": tail(chosen)[0].layer if chosen else None,
-              "kept_float": [e.as_dict() for e in kept], "steps": steps}
-    if keep_float is not None:
-        report.update(keep_float=keep_float, float_by_setting=len(forced))
-    if high is None:
-        also = f" (besides the {len(forced)} named by keep_float)" if forced else ""
-        report["reason"] = (f"keeping the last {limit} of {len(candidates)} ops in float{also} reached agreement "
-                            f"{models[limit][1]:.4f} < target {target}: the loss comes from the int8 ops before "
-                            "them, or the search images are too few to measure the target")
-    return models[chosen][0], report
+    high = count
+    while high - low > 1:
+        middle = (low + high) // 2
+        if agreement_of(middle) >= target:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def kept_float_summary(report: dict) -> str:
-    """'N of M ops kept in float (...)': which ones, from `selective_int8`'s report."""
-    where = []
-    if report.get("float_by_setting"):
-        where.append(f"{report['float_by_setting']} named by keep_float {report['keep_float']!r}")
+    """What `selective_int8` chose, in words: 'N of M ops kept in float (...)' for a float tail,
+    'static int8 with the first N of M ops dynamic-range (...)' for a head ('static int8
+    throughout, M ops (...)' for an empty one)."""
+    named = (f"{report['float_by_setting']} named by keep_float {report['keep_float']!r}"
+             if report.get("float_by_setting") else None)
+    if report.get("method") == "dynamic_head":
+        where = [f"to {report['last_dynamic_layer']}"] if report["dynamic_ops"] else []
+        where += [f"{named} in float"] if named else []
+        where.append("ai-edge-quantizer")
+        if not report["dynamic_ops"]:
+            return f"static int8 throughout, {report['graph_ops']} ops ({'; '.join(where)})"
+        return (f"static int8 with the first {report['dynamic_ops']} of {report['graph_ops']} ops dynamic-range "
+                f"({'; '.join(where)})")
+    where = [named] if named else []
     if report["first_float_layer"]:
         where.append(f"the tail from {report['first_float_layer']} on")
     total = report["float_ops"] + report["quantized_ops"]
