@@ -193,6 +193,9 @@ def export_config() -> ExportConfig:
         config.validate()  # an out-of-range value is the first thing to say
         raise SettingError("int8_target_agreement", "int8_target_agreement is the agreement int8_selective searches "
                            "for, and the TFLite formats do not include int8_selective")
+    if FLAGS["int8_selective_search"].present and "int8_selective" not in config.tflite:
+        raise SettingError("int8_selective_search", "int8_selective_search says how int8_selective searches, and the "
+                           "TFLite formats do not include int8_selective")
     return config
 
 

@@ -93,6 +93,9 @@ def test_log_level_resolution():
      "unterminated subpattern at position 5"),
     (["--mode=export", "--tflite=int8_selective", "--int8_selective_search=head"],
      "--int8_selective_search=head: unknown int8_selective_search 'head'; choose from dynamic_head, float_tail"),
+    (["--mode=export", "--tflite=int8", "--int8_selective_search=float_tail"],
+     "--int8_selective_search=float_tail: int8_selective_search says how int8_selective searches, and the TFLite "
+     "formats do not include int8_selective"),
     (["--mode=export", "--tflite=int8_selective", "--int8_selective_search="],
      "--int8_selective_search=: int8_selective_search names no search; choose from dynamic_head, float_tail"),
 ])

@@ -484,8 +484,7 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
         model_dir: a training run's directory.
         config: what to write (`ExportConfig`: export_dir, tflite formats, check_images, int8_io,
             int8_target_agreement, int8_keep_float, int8_selective_search, onnx); or give those as
-            keyword `settings`, e.g.
-            `export_run(run, tflite=["int8"], onnx=True)`.
+            keyword `settings`, e.g. `export_run(run, tflite=["int8"], onnx=True)`.
         top_k: classes each serving signature returns.
         use_ema: export the EMA weights when the run kept them.
         calibration_images: training-pipeline images the int8/int16x8 converters and

@@ -203,8 +203,9 @@ class DynamicHeadInt8:
         return edge
 
     def quantize(self, head: int, keep_float: Sequence[GraphOp] = ()) -> bytes:
-        """Static int8 (float input and output) with the first `head` ops dynamic-range and the
-        ops of `keep_float` float."""
+        """Static int8 with the first `head` ops dynamic-range and the ops of `keep_float` float.
+        Input and output are int8, their scale and zero point in the file (pixels 0..255 in steps
+        of about 1; `TFLiteRunner` quantizes with them)."""
         from ai_edge_quantizer import algorithm_manager, qtyping
 
         every_op = qtyping.TFLOperationName.ALL_SUPPORTED
