@@ -267,8 +267,8 @@ def selective_int8(calibration: Int8Calibration, agreement: Callable[[bytes], fl
             Its ops count towards `max_float_ops`, which then bounds the tail only.
         head: ai-edge-quantizer's int8 of the same model (`DynamicHeadInt8`); None: the tail
             search only.
-        max_dynamic_ops: the longest head tried (default: half the graph's ops; beyond that the
-            head runs at about float speed and a float tail is the better trade).
+        max_dynamic_ops: the longest head tried (default: half the graph's ops; a head's cost
+            grows fast past the first blocks, docs/deployment.md, and the tail search follows).
         float_tail: whether the tail search runs when no head reaches the target.
 
     Returns:
