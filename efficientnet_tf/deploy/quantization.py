@@ -150,8 +150,8 @@ def edge_quantizer_missing() -> str | None:
     try:
         import ai_edge_quantizer  # noqa: F401
     except ImportError as err:
-        return (f"ai-edge-quantizer is not installed ({err}); pip install 'efficientnet_tf[tflite]' "
-                "-c constraints.txt adds it")
+        return (f"ai-edge-quantizer is not installed ({err}): pip install ai-edge-quantizer (in a checkout: "
+                "pip install -e '.[tflite]')")
     return None
 
 
