@@ -14,12 +14,21 @@ against the float model's.
     python benchmarks/recognition.py --dataset glyphs --epochs 100 --margin 0.2 --margin_scale 16 \
         --runs arcface:gap arcface:flatten --export arcface:gap       # README's glyph figures: ~35 min alone
     python benchmarks/recognition.py --image_size 64 --runs arcface:flatten softmax:gap
+    python benchmarks/recognition.py --runs arcface:gap --export arcface:gap --formats int8 \
+        --quantization_aware_epochs 3       # README's quantization-aware figures (digits)
+
+With `--quantization_aware_epochs N`, each exported run is also continued for N more epochs twice,
+from the same checkpoint and at the same constant LR (the int8-aware epochs' default, 0.1 x the
+peak, `--quantization_aware_lr_scale`): once plainly (the control) and once quantization-aware (`quantization_aware_epochs=N`),
+and both are exported too: what the int8-aware epochs do to the int8 export, apart from what N
+more epochs do.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 
 import common  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads)
@@ -43,8 +52,16 @@ def main(argv=None) -> int:
     parser.add_argument("--formats", nargs="*", default=FORMATS, help="TFLite formats of the exports")
     parser.add_argument("--export", nargs="*", default=["arcface:flatten", "arcface:gap"],
                         help="the LOSS:HEAD runs to export (of --runs)")
+    parser.add_argument("--quantization_aware_epochs", type=int, default=0,
+                        help="also continue each exported run N epochs plainly and N epochs int8-aware; export both")
+    parser.add_argument("--quantization_aware_lr_scale", type=float, default=0.1,
+                        help="the continued epochs' constant LR, a factor of the peak")
     parser.add_argument("--keep", help="keep the runs under this directory (default: temporary)")
     args = parser.parse_args(argv)
+    if args.quantization_aware_epochs < 0:
+        parser.error(f"--quantization_aware_epochs must be >= 0, got {args.quantization_aware_epochs}")
+    if args.quantization_aware_lr_scale <= 0:
+        parser.error(f"--quantization_aware_lr_scale must be > 0, got {args.quantization_aware_lr_scale}")
 
     import keras
 
@@ -64,14 +81,15 @@ def main(argv=None) -> int:
     source = identity_source(args.dataset)  # the split every run below trains and evaluates on (seed 0)
     print(f"{args.model} at {args.image_size} px, {args.epochs} epochs, {args.embedding_dim}-d, {args.dataset}: "
           f"{source.split_description}")
-    print(f"{'loss:head':<18}" + "".join(f"{key:>17}" for key in KEYS))
+    label = 28 if args.quantization_aware_epochs else 18  # "arcface:gap +3 int8-aware"
+    print(f"{'loss:head':<{label}}" + "".join(f"{key:>17}" for key in KEYS))
     if args.dataset in ("digits", "glyphs"):
         # What no training gives: the held-out identities' raw pixels as the embedding.
         from efficientnet_tf.training.verification import verification_report
 
         pixels, labels = (t.numpy() for t in next(iter(source.examples("eval").batch(source.num_eval))))
         raw = verification_report(pixels.reshape(len(pixels), -1).astype("float32"), labels, seed=0)
-        print(f"{'raw pixels':<18}" + "".join(f"{raw[key]:>17.4f}" for key in KEYS), flush=True)
+        print(f"{'raw pixels':<{label}}" + "".join(f"{raw[key]:>17.4f}" for key in KEYS), flush=True)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or tmp
@@ -87,10 +105,23 @@ def main(argv=None) -> int:
                 model_dir=model_dir, epochs=args.epochs, batch_size=64, learning_rate=0.008, lr_schedule="cosine",
                 warmup_epochs=1, seed=0)
             report = Trainer(config, verbose=False).fit()
-            runs.append(model_dir)
-            print(f"{pair:<18}" + "".join(f"{report[key]:>17.4f}" for key in KEYS), flush=True)
-        for pair, model_dir in zip(args.runs, runs):
-            if not args.formats or pair not in args.export:
+            runs.append((pair, model_dir))
+            print(f"{pair:<{label}}" + "".join(f"{report[key]:>17.4f}" for key in KEYS), flush=True)
+            extra = args.quantization_aware_epochs
+            if extra and pair in args.export:
+                longer = dict(epochs=args.epochs + extra, quantization_aware_lr_scale=args.quantization_aware_lr_scale)
+                # The control trains at the int8-aware epochs' constant LR (a factor of the peak) too.
+                plain = dict(longer, lr_schedule="constant", warmup_epochs=0,
+                             learning_rate=config.optimizer.learning_rate * args.quantization_aware_lr_scale)
+                for name, settings in (("plain", plain), ("int8-aware", dict(longer, quantization_aware_epochs=extra))):
+                    keras.backend.clear_session()
+                    continued = f"{model_dir}+{extra}-{name}"
+                    shutil.copytree(model_dir, continued)
+                    report = Trainer(config.replace(model_dir=continued, **settings), verbose=False).fit()
+                    runs.append((f"{pair} +{extra} {name}", continued))
+                    print(f"{runs[-1][0]:<{label}}" + "".join(f"{report[key]:>17.4f}" for key in KEYS), flush=True)
+        for pair, model_dir in runs:
+            if not args.formats or pair.split(" ")[0] not in args.export:
                 continue
             keras.backend.clear_session()
             export = export_run(model_dir, tflite=args.formats, check_images=0)

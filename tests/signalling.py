@@ -8,8 +8,8 @@ def signal_after_calls(trainer, calls: int, signal_number: int) -> None:
     train-loop call (one step per call at steps_per_loop=1)."""
     make_loop, done = trainer._train_loop_fn, []
 
-    def loop_then_signal(stage):
-        loop = make_loop(stage)
+    def loop_then_signal(stage, *args):
+        loop = make_loop(stage, *args)
 
         def run(iterator, steps):
             result = loop(iterator, steps)

@@ -191,6 +191,7 @@ def test_lite_int8_and_selective_int8_on_trained_digits():
 @pytest.mark.parametrize("args, message", [
     (["--margin", "2"], "margin must be in [0, pi/2) (ArcFace 0.5, CosFace 0.35), got 2.0"),
     (["--margin_scale", "0"], "margin scale must be > 0 (ArcFace and CosFace use 64), got 0.0"),
+    (["--quantization_aware_epochs", "-1"], "--quantization_aware_epochs must be >= 0, got -1"),
 ])
 def test_recognition_benchmark_refuses_a_bad_margin_before_training(args, message):
     result = subprocess.run([sys.executable, "benchmarks/recognition.py", *args], capture_output=True, text=True,

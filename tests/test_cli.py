@@ -68,6 +68,10 @@ def test_log_level_resolution():
     (["--on_bad_image=maybe"], "--on_bad_image=maybe: unknown on_bad_image 'maybe'; choose from error, skip"),
     (["--mode=export", "--int8_io=uint16"], "--int8_io=uint16: unknown int8_io 'uint16'; choose from uint8, int8"),
     (["--progressive=5", "--epochs=3"], "--progressive=5: progressive (5 stages) cannot exceed epochs (3)"),
+    (["--quantization_aware_epochs=-1"], "--quantization_aware_epochs=-1: quantization_aware_epochs must be >= 0, got -1"),
+    (["--quantization_aware_epochs=3", "--epochs=3"],
+     "--quantization_aware_epochs=3: quantization_aware_epochs (3) must be < epochs (3): they fine-tune a trained "
+     "network (its BN statistics frozen)"),
     (["--mode=export", "--tflite=float32,int4"],
      "--tflite=float32,int4: unknown tflite 'int4'; choose from float32, float16, dynamic, int8, int16x8, "
      "int8_selective, or none for the SavedModel only"),

@@ -87,14 +87,16 @@ def require_onnx() -> None:
                            "(in a checkout: pip install -e '.[onnx]')")
 
 
+EDGE_QUANTIZER_INSTALL = "pip install ai-edge-quantizer (in a checkout: pip install -e '.[tflite]')"
+
+
 def require_edge_quantizer() -> None:
     """A clear line when int8_selective's head search is the only one asked for and cannot run."""
     import importlib.util
 
     if importlib.util.find_spec("ai_edge_quantizer") is None:
         raise SettingError("int8_selective_search", "int8_selective_search=dynamic_head needs ai-edge-quantizer: "
-                           "pip install ai-edge-quantizer (in a checkout: pip install -e '.[tflite]'), or search "
-                           "float_tail")
+                           f"{EDGE_QUANTIZER_INSTALL}, or search float_tail")
 
 
 def keep_float_layers(pattern: str, layer_names: Sequence[str]) -> list[str]:

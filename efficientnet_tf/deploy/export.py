@@ -582,11 +582,13 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         float_models = _FloatSavedModels(model, tmp)
+        float32 = None  # the float32 file's bytes when written: the head search quantizes them too
         for quantization in (q for q in formats if q in TFLITE_QUANTIZATIONS):
             content = _attempt(failed, quantization, lambda q=quantization: convert_saved_model(
                 float_models(q), q, representative, config.int8_io))
             if content is not None:
                 write(quantization, content)
+                float32 = content if quantization == "float32" else float32
         if not {"int8", "int8_selective"} & set(formats):
             return paths
         output_layer = model.layers[-1].name if is_embedding_model(model) else "probabilities"  # the graph's output
@@ -617,7 +619,8 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
                     return float(np.mean(_predict(TFLiteRunner(content), search).argmax(-1) == reference.argmax(-1)))
 
             searches = config.int8_selective_search
-            head, no_head = (_dynamic_head(float_models, representative, output_layer) if "dynamic_head" in searches
+            head, no_head = (_dynamic_head(float_models, representative, output_layer, float32)
+                             if "dynamic_head" in searches
                              else (None, None))
             if head is None and "float_tail" not in searches:
                 failed["int8_selective"] = f"its only search, dynamic_head, cannot run: {no_head}"
@@ -645,16 +648,17 @@ def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig
     return paths
 
 
-def _dynamic_head(float_models: _FloatSavedModels, representative, output_layer: str):
-    """int8_selective's head search (`DynamicHeadInt8`) and None, or None and why it cannot run."""
+def _dynamic_head(float_models: _FloatSavedModels, representative, output_layer: str, float32: bytes | None = None):
+    """int8_selective's head search (`DynamicHeadInt8`) and None, or None and why it cannot run.
+    `float32`: the float32 TFLite file's bytes, when already converted."""
     from efficientnet_tf.deploy.quantization import DynamicHeadInt8, edge_quantizer_missing
 
     missing = edge_quantizer_missing()
     if missing:
         return None, missing
     failed = {}
-    head = _attempt(failed, "head", lambda: DynamicHeadInt8(convert_saved_model(float_models(), "float32"),
-                                                             representative, output_layer))
+    head = _attempt(failed, "head", lambda: DynamicHeadInt8(
+        float32 if float32 is not None else convert_saved_model(float_models(), "float32"), representative, output_layer))
     return head, failed.get("head")
 
 

@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf.deploy.config import EDGE_QUANTIZER_INSTALL
+
 # Ops that move values between int8 and float: their "error" is the conversion, not an op to keep.
 _NOT_CANDIDATES = ("QUANTIZE", "DEQUANTIZE")
 
@@ -150,8 +152,7 @@ def edge_quantizer_missing() -> str | None:
     try:
         import ai_edge_quantizer  # noqa: F401
     except ImportError as err:
-        return (f"ai-edge-quantizer is not installed ({err}): pip install ai-edge-quantizer (in a checkout: "
-                "pip install -e '.[tflite]')")
+        return f"ai-edge-quantizer is not installed ({err}): {EDGE_QUANTIZER_INSTALL}"
     return None
 
 

@@ -50,6 +50,12 @@ class NetworkConfig:
     freeze_backbone: bool = setting(False, "Train only the new head (BN layers in inference mode).")
     finetune_epochs: int = setting(0, "With freeze_backbone: last epochs with everything unfrozen.")
     finetune_lr_scale: float = setting(0.1, "LR factor for the unfrozen fine-tuning epochs.")
+    quantization_aware_epochs: int = setting(
+        0, "Last epochs trained through int8 rounding of every activation, as a full-integer TFLite file computes "
+        "(quantization-aware fine-tuning; BN statistics frozen, the weight average restarted from the averaged "
+        "weights): for an int8 export whose outputs move (README 'Recognition embeddings').")
+    quantization_aware_lr_scale: float = setting(
+        0.1, "The quantization-aware epochs' LR: constant, this factor x the peak LR (a schedule's end is near 0).")
     dropout_rate: float | None = setting(None, "Dropout before the classifier; default: the variant's.")
     drop_connect_rate: float | None = setting(None, "Stochastic depth rate of the last block; default 0.2.")
     bn_momentum: float | None = setting(None, "BN moving-average momentum; default: the variant's, lowered when an "
@@ -72,6 +78,10 @@ class NetworkConfig:
                f"bn_momentum must be in (0, 1), got {self.bn_momentum}")
         _check(self.finetune_epochs >= 0, "finetune_epochs",
                f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        _check(self.quantization_aware_epochs >= 0, "quantization_aware_epochs",
+               f"quantization_aware_epochs must be >= 0, got {self.quantization_aware_epochs}")
+        _check(self.quantization_aware_lr_scale > 0, "quantization_aware_lr_scale",
+               f"quantization_aware_lr_scale must be > 0, got {self.quantization_aware_lr_scale}")
         _check(self.finetune_lr_scale > 0, "finetune_lr_scale",
                f"finetune_lr_scale must be > 0, got {self.finetune_lr_scale}")
 
@@ -272,6 +282,9 @@ class TrainConfig:
                f"progressive ({self.progressive.stages} stages) cannot exceed epochs ({epochs})")
         _check(self.model.finetune_epochs < epochs, "finetune_epochs",
                f"finetune_epochs ({self.model.finetune_epochs}) must be < epochs ({epochs})")
+        _check(self.model.quantization_aware_epochs < epochs, "quantization_aware_epochs",
+               f"quantization_aware_epochs ({self.model.quantization_aware_epochs}) must be < epochs ({epochs}): "
+               "they fine-tune a trained network (its BN statistics frozen)")
 
     def _validate_embedding(self) -> None:
         from efficientnet_tf.data.identities import IDENTITY_DATASETS, NATIVE_SIZES

@@ -35,9 +35,11 @@ from efficientnet_tf.training.checkpoints import repair_state_file, restore_newe
 from efficientnet_tf.training.errors import TrainingDiverged, TrainingInterrupted
 from efficientnet_tf.training.rundir import NotARunError, RunDir, check_same_classes, load_run, recorded_changes, run_info
 from efficientnet_tf.training.plan import plan_run
+from efficientnet_tf.training.quantization_aware import Int8AwareModel
 from efficientnet_tf.training.stages import Stage, augmented_batch, stage_pipeline
 
 log = logging.getLogger(__name__)
+CALIBRATION_IMAGES = 200  # as the export's int8 calibration (deploy.config)
 HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool", "embedding_feature_bn", "embedding_flatten", "embedding",
                "embedding_bn", "embedding_l2")
 
@@ -141,8 +143,10 @@ class Trainer:
                         layer.synchronized = True
             self.schedule = config.make_schedule(self.base_lr, self.steps_per_epoch)
             self.lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
+            # > 0: the LR of every step instead of the schedule's (the quantization-aware epochs).
+            self.lr_constant = tf.Variable(0.0, trainable=False, name="lr_constant")
             self.optimizer = make_optimizer(
-                config.optimizer.name, lambda: self.schedule(self._optimizer_steps()) * self.lr_scale,
+                config.optimizer.name, lambda: self._lr_at(self._optimizer_steps()),
                 weight_decay=config.optimizer.weight_decay, loss_scale=self.policy == "mixed_float16")
             self.optimizer.build(self.model.trainable_variables + self._loss_variables())
             ema_decay = config.optimizer.ema_decay
@@ -167,6 +171,7 @@ class Trainer:
         self.manager = self._new_manager()
         self._train_fns = {}
         self._eval_fns = {}
+        self._int8_aware = None  # an Int8AwareModel, built at the first quantization-aware epoch
         self._last_epoch_evaluation = None  # the run's last epoch's validation, with its confusion matrix
 
     # ------------------------------------------------------------------ plumbing
@@ -207,9 +212,10 @@ class Trainer:
             if layer.name not in HEAD_LAYERS and layer.weights:
                 layer.trainable = not frozen  # frozen BN layers run in inference mode (Keras 3)
 
-    def _logits(self, images, labels, training: bool):
-        """(logits the loss takes, logits whose argmax is the prediction)."""
-        outputs = self.loss_model(images, training=training)
+    def _logits(self, images, labels, training: bool, model: keras.Model | None = None):
+        """(logits the loss takes, logits whose argmax is the prediction); `model`: the loss
+        model's forward pass (default: `loss_model`)."""
+        outputs = (model or self.loss_model)(images, training=training)
         if self.centres is None:
             return outputs, outputs
         return self.centres(outputs, labels)
@@ -234,15 +240,17 @@ class Trainer:
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf.cast(tf.equal(predicted, self._sparse_labels(labels)), tf.float32)
 
-    def train_step_fn(self, stage: Stage):
-        """The per-replica step: forward, loss (float32), backward, update. XLA-compilable."""
+    def train_step_fn(self, stage: Stage, int8_aware: bool = False):
+        """The per-replica step: forward, loss (float32), backward, update. XLA-compilable.
+        `int8_aware`: forward through the int8-rounded activations (`quantization_aware`)."""
         variables = self._trainable_variables(stage)
+        forward = self._int8_aware.rounded if int8_aware else self.loss_model
         weight_decay = self.config.optimizer.weight_decay if self.config.optimizer.name != "adamw" else 0.0
         global_batch = self.config.run.batch_size
 
         def step(images, labels):
             with tf.GradientTape() as tape:
-                logits, predicted = self._logits(images, labels, training=True)
+                logits, predicted = self._logits(images, labels, training=True, model=forward)
                 per_example = self._loss(labels, logits)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 loss += l2_loss(variables, weight_decay) / self.replicas
@@ -257,11 +265,11 @@ class Trainer:
         # 14.9 s against 9.3-11.0 s).
         return tf.function(step, jit_compile=self.jit_compile, autograph=False)
 
-    def _train_loop_fn(self, stage: Stage):
-        key = (stage.index, stage.image_size, stage.dropout_rate, stage.frozen)
+    def _train_loop_fn(self, stage: Stage, int8_aware: bool = False):
+        key = (stage.index, stage.image_size, stage.dropout_rate, stage.frozen, int8_aware)
         if key in self._train_fns:
             return self._train_fns[key]
-        step = self.train_step_fn(stage)
+        step = self.train_step_fn(stage, int8_aware)
         strategy = self.strategy
         ema = self.ema
 
@@ -281,11 +289,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
 
-    def train_on_batch(self, images, labels, stage: Stage | None = None) -> tuple[float, float]:
-        """One step on one global batch, split over the replicas: (mean loss, correct count)."""
+    def train_on_batch(self, images, labels, stage: Stage | None = None, int8_aware: bool = False) -> tuple[float, float]:
+        """One step on one global batch, split over the replicas: (mean loss, correct count).
+        `int8_aware`: through the int8 rounding, whose ranges the last quantization-aware epoch's
+        start measured (or `enter_int8_aware`)."""
         stage = stage or self.stages[0]
         dist = self.strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((images, labels)))
-        loss, correct = self._train_loop_fn(stage)(iter(dist), tf.constant(1))
+        loss, correct = self._train_loop_fn(stage, int8_aware)(iter(dist), tf.constant(1))
         return float(loss), float(correct)
 
     def restore_for_eval(self) -> bool:
@@ -397,7 +407,7 @@ class Trainer:
 
         try:
             return plots.save_run_plots(
-                self.run_dir.path, schedule=self.schedule, total_steps=self.steps_per_epoch * self.config.run.epochs,
+                self.run_dir.path, schedule=self._planned_lr, total_steps=self.steps_per_epoch * self.config.run.epochs,
                 steps_per_epoch=self.steps_per_epoch, confusion=confusion, class_names=self.source.class_names,
                 augmented=self.augmented_batch(), curves=curves)
         except (OSError, ValueError, RuntimeError) as err:  # a figure must not fail a finished run
@@ -460,7 +470,11 @@ class Trainer:
         dataset = distributed_dataset(self.strategy, self.source, self._pipeline(stage, True), training=True,
                                       epoch=epoch, repeat=True, skip_steps=first)
         iterator = iter(dataset)
-        loop = self._train_loop_fn(stage)
+        int8_aware = epoch >= self.config.run.epochs - self.config.model.quantization_aware_epochs
+        if int8_aware:
+            self.enter_int8_aware(stage, epoch, fresh=not first)
+        self.lr_constant.assign(self._quantization_aware_lr() if int8_aware else 0.0)
+        loop = self._train_loop_fn(stage, int8_aware)
         progress = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "images/s"],
                                        verbose=1 if (self.verbose and self.chief) else 0)
         self._print(f"Epoch {epoch + 1}/{self.config.run.epochs}")
@@ -511,6 +525,33 @@ class Trainer:
         self._print(f"epoch {epoch + 1}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} {validation} "
                     f"lr {row['lr']:.3g} ({row['images_per_sec']:.0f} images/s)")
         return row
+
+    def enter_int8_aware(self, stage: Stage, epoch: int, fresh: bool) -> None:
+        """Before a quantization-aware epoch: on the first one (`fresh`, the phase's first epoch
+        from its start), the averaged weights become the weights trained on and the average
+        restarts, so that what is evaluated and exported is the int8-aware training's; on every
+        one, the rounding ranges are measured again (the weights moved), as the export's int8
+        calibration measures them: min and max over 200 training-pipeline images."""
+        config = self.config
+        first_aware = config.run.epochs - config.model.quantization_aware_epochs
+        if self._int8_aware is None:
+            output = None if self.loss_model is self.model else self.loss_model.outputs[0]._keras_history.operation.name
+            with self.strategy.scope(), dtype_policy(self.policy):
+                self._int8_aware = Int8AwareModel(self.model, output_layer=output)
+        if fresh and epoch == first_aware and self.ema is not None:
+            self.ema.swap()
+            self.ema.reset()
+        # The export's calibration pipeline: training images, random crops, no other augmentation.
+        pipeline = PipelineConfig(image_size=self.image_size, global_batch_size=config.run.batch_size,
+                                  seed=config.run.seed)
+        calibration = distributed_dataset(self.strategy, self.source, pipeline, training=True, epoch=epoch, repeat=True)
+        batches = max(1, math.ceil(CALIBRATION_IMAGES / config.run.batch_size))
+        self._int8_aware.calibrate(self.strategy, iter(calibration), batches)
+        self._print(f"epoch {epoch + 1}: int8-aware (quantization_aware_epochs {config.model.quantization_aware_epochs}: "
+                    f"activations rounded to 8 bits over ranges from {batches * config.run.batch_size} images, "
+                    f"constant LR {self._quantization_aware_lr():.3g}"
+                    + (", training from the averaged weights" if fresh and epoch == first_aware and self.ema else "")
+                    + ")")
 
     def _validate(self, epoch: int) -> dict:
         """The epoch's validation; the run's last epoch's also counts the confusion matrix and is
@@ -593,10 +634,25 @@ class Trainer:
             "history.csv are consistent with it; train again with the same settings (the same command) to resume",
             number)
 
+    def _lr_at(self, step):
+        scheduled = self.schedule(step) * self.lr_scale
+        return tf.where(self.lr_constant > 0, tf.cast(self.lr_constant, scheduled.dtype), scheduled)
+
     def _last_step_lr(self) -> float:
         """The LR the epoch's last optimizer step used (the counter already points past it)."""
-        last_step = tf.maximum(self._optimizer_steps() - 1, 0)
-        return float(self.schedule(last_step) * self.lr_scale)
+        return float(self._lr_at(tf.maximum(self._optimizer_steps() - 1, 0)))
+
+    def _quantization_aware_lr(self) -> float:
+        return self.base_lr * self.config.model.quantization_aware_lr_scale
+
+    def _planned_lr(self, step: int) -> float:
+        """The LR of global step `step` as planned: the schedule, then the quantization-aware
+        epochs' constant (what lr_schedule.png draws)."""
+        config = self.config
+        aware_from = (config.run.epochs - config.model.quantization_aware_epochs) * self.steps_per_epoch
+        if config.model.quantization_aware_epochs and step >= aware_from:
+            return self._quantization_aware_lr()
+        return float(self.schedule(step))
 
     def _save_epoch(self, history, row, writer) -> None:
         # Every worker saves (collectives); only the chief's directory is kept.
