@@ -18,10 +18,10 @@ against the float model's.
         --quantization_aware_epochs 3       # README's quantization-aware figures (digits)
 
 With `--quantization_aware_epochs N`, each exported run is also continued for N more epochs twice,
-from the same checkpoint and at the same constant LR (the int8-aware epochs' default, 0.1 x the
-peak, `--quantization_aware_lr_scale`): once plainly (the control) and once quantization-aware (`quantization_aware_epochs=N`),
-and both are exported too: what the int8-aware epochs do to the int8 export, apart from what N
-more epochs do.
+from the same checkpoint and at the same constant LR (`--quantization_aware_lr_scale` x the peak;
+0.1, the int8-aware epochs' default): once plainly (the control) and once quantization-aware
+(`quantization_aware_epochs=N`), and both are exported too: what the int8-aware epochs do to the
+int8 export, apart from what N more epochs do.
 """
 
 from __future__ import annotations
