@@ -18,6 +18,8 @@ from efficientnet_tf.data.pixels import warn_if_unit_scaled
 from efficientnet_tf.data.sources import Source
 
 log = logging.getLogger(__name__)
+# Training images the int8 exports calibrate on (and quantization-aware training measures its ranges on).
+CALIBRATION_IMAGES = 200
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.data.pipeline import PipelineConfig, make_dataset
+from efficientnet_tf.data.pipeline import CALIBRATION_IMAGES, PipelineConfig, make_dataset
 from efficientnet_tf.data.sources import EMBEDDING_ONLY_SOURCES
 from efficientnet_tf.deploy.config import (INTEGER_IO, ONNX_OPSET, TFLITE_QUANTIZATIONS, ExportConfig, keep_float_layers,
                                           require_onnx)
@@ -474,7 +474,7 @@ def _take_images(source, image_size: int, seed: int | None, count: int, training
 
 
 def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int = 5, use_ema: bool = True,
-               calibration_images: int = 200, search_images: int = SEARCH_IMAGES, **settings) -> dict:
+               calibration_images: int = CALIBRATION_IMAGES, search_images: int = SEARCH_IMAGES, **settings) -> dict:
     """Export a run: `<export_dir>/saved_model/`, `<export_dir>/model_<q>.tflite`, `model.onnx`
     and `<export_dir>/export_report.json`. The whole directory is built aside and swapped in at
     the end; a format whose conversion fails is named in the report's `failed` and the others are

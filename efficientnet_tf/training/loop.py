@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf import files
-from efficientnet_tf.data.pipeline import PipelineConfig, distributed_dataset, per_replica_batch_size
+from efficientnet_tf.data.pipeline import CALIBRATION_IMAGES, PipelineConfig, distributed_dataset, per_replica_batch_size
 from efficientnet_tf.data.sources import Source
 from efficientnet_tf.models.builder import build_model
 from efficientnet_tf.models.scopes import dtype_policy, random_seed
@@ -39,7 +39,6 @@ from efficientnet_tf.training.quantization_aware import Int8AwareModel
 from efficientnet_tf.training.stages import Stage, augmented_batch, stage_pipeline
 
 log = logging.getLogger(__name__)
-CALIBRATION_IMAGES = 200  # as the export's int8 calibration (deploy.config)
 HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool", "embedding_feature_bn", "embedding_flatten", "embedding",
                "embedding_bn", "embedding_l2")
 
