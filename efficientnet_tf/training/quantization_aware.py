@@ -22,6 +22,7 @@ compares them): see `rounded_layers`, `shared_ranges` and `Int8Rounded`.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.models.layers import InputRescaling, StdNormalization
@@ -141,29 +142,37 @@ class Int8AwareModel:
         self._shared = {name: add for name, add in shared_ranges(model).items() if name in names and add in names}
         # The float values every wrapper rounds, as the converter's calibration sees them.
         self._probe = keras.Model(model.inputs, [model.get_layer(name).output for name in names])
+        self._measure = None  # (strategy, its compiled pass): `_measure_fn`
+
+    def _measure_fn(self, strategy: tf.distribute.Strategy):
+        """A compiled pass of one global batch: each tensor's min and max over the replicas."""
+        if self._measure is None or self._measure[0] is not strategy:  # once: traced again per epoch otherwise
+            probe = self._probe
+
+            def step(images, labels):
+                outputs = probe(images, training=False)
+                lows = tf.stack([tf.reduce_min(tf.cast(o, tf.float32)) for o in outputs])
+                highs = tf.stack([tf.reduce_max(tf.cast(o, tf.float32)) for o in outputs])
+                return lows[None], highs[None]
+
+            @tf.function
+            def measure(iterator):
+                lows, highs = strategy.run(step, args=next(iterator))
+                return (tf.reduce_min(strategy.gather(lows, axis=0), axis=0),
+                        tf.reduce_max(strategy.gather(highs, axis=0), axis=0))
+
+            self._measure = (strategy, measure)
+        return self._measure[1]
 
     def calibrate(self, strategy: tf.distribute.Strategy, iterator, steps: int) -> None:
         """Sets every range to the min and max over `steps` global batches of `iterator`
         ((images, labels) per replica), the float model in inference mode."""
-        probe = self._probe
-
-        def step(images, labels):
-            outputs = probe(images, training=False)
-            lows = tf.stack([tf.reduce_min(tf.cast(o, tf.float32)) for o in outputs])
-            highs = tf.stack([tf.reduce_max(tf.cast(o, tf.float32)) for o in outputs])
-            return lows[None], highs[None]
-
-        @tf.function
-        def measure(iterator):
-            lows, highs = strategy.run(step, args=next(iterator))
-            return (tf.reduce_min(strategy.gather(lows, axis=0), axis=0),
-                    tf.reduce_max(strategy.gather(highs, axis=0), axis=0))
-
+        measure = self._measure_fn(strategy)
         low = high = None
         for _ in range(steps):
             batch_low, batch_high = (value.numpy() for value in measure(iterator))
-            low = batch_low if low is None else tf.minimum(low, batch_low).numpy()
-            high = batch_high if high is None else tf.maximum(high, batch_high).numpy()
+            low = batch_low if low is None else np.minimum(low, batch_low)
+            high = batch_high if high is None else np.maximum(high, batch_high)
         for wrapper, lo, hi in zip(self.wrappers.values(), low, high):
             # TFLite's ranges always hold zero (a level of the grid).
             lo, hi = wrapper.fixed_range or (min(float(lo), 0.0), max(float(hi), 0.0))
