@@ -16,6 +16,8 @@ against the float model's.
     python benchmarks/recognition.py --image_size 64 --runs arcface:flatten softmax:gap
     python benchmarks/recognition.py --runs arcface:gap --export arcface:gap --formats int8 \
         --quantization_aware_epochs 3       # README's quantization-aware figures (digits)
+    python benchmarks/recognition.py --dataset glyphs --epochs 100 --margin 0.2 --margin_scale 16 \
+        --runs arcface:gap --export arcface:gap --formats int8 --quantization_aware_epochs 10   # README's 2nd glyph QAT table
 
 With `--quantization_aware_epochs N`, each exported run is also continued for N more epochs twice,
 from the same checkpoint and at the same constant LR (`--quantization_aware_lr_scale` x the peak;
