@@ -331,11 +331,13 @@ def run_export() -> int:
 
 
 def run_predict(extra_images) -> None:
-    from efficientnet_tf.deploy.predict import Predictor, format_predictions
+    from efficientnet_tf.deploy.predict import Predictor, format_predictions, read_image_bytes
 
     images = list(FLAGS.image or []) + list(extra_images)
     if not images:
         raise ValueError("predict needs --image=PATH (several allowed)")
+    for path in images:  # a missing or unreadable image is named before the model takes time to load
+        read_image_bytes(path)
     if FLAGS.saved_model:
         predictor = Predictor.from_saved_model(FLAGS.saved_model)
     elif FLAGS.model_dir:

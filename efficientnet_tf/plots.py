@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from efficientnet_tf import files
 from efficientnet_tf.files import atomic_write
@@ -95,6 +96,12 @@ def _has(columns, key) -> bool:
     return key in columns and np.isfinite(columns[key]).any()
 
 
+def _epoch_axis(axes) -> None:
+    """Epochs are counted: a short run gets ticks 1, 2, 3, not 1.0, 1.5, 2.0."""
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_history(history, path: str | None = None, title: str | None = None) -> Figure:
     """Accuracy and loss, train and validation, against epoch (1-based, as the progress bar)."""
     columns = load_history(history)
@@ -105,7 +112,7 @@ def plot_history(history, path: str | None = None, title: str | None = None) -> 
         for key, name, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
             if _has(columns, key):
                 axes.plot(epochs, columns[key], style, markersize=3, label=name)
-        axes.set_xlabel("epoch")
+        _epoch_axis(axes)
         axes.set_ylabel(label)
         axes.set_title(f"{'Accuracy' if metric == 'accuracy' else 'Loss'}")
         if metric == "accuracy":
@@ -143,7 +150,7 @@ def plot_lr_schedule(schedule: Callable | None = None, total_steps: int | None =
             axes.plot(columns["epoch"] + 1, columns["lr"], "o", markersize=4, label="logged (end of epoch)")
     if schedule is None and history is None:
         raise ValueError("plot_lr_schedule needs a schedule or a history with an 'lr' column")
-    axes.set_xlabel("epoch")
+    _epoch_axis(axes)
     axes.set_ylabel("learning rate")
     axes.set_title("Learning-rate schedule")
     axes.grid(alpha=0.3)
@@ -176,7 +183,7 @@ def plot_progressive(history=None, stages: Sequence | None = None, path: str | N
     figure = _new_figure(8, 4.2)
     axes = figure.add_subplot(1, 1, 1)
     axes.step(epochs, columns["image_size"], where="mid", color="tab:blue", label="image size")
-    axes.set_xlabel("epoch")
+    _epoch_axis(axes)
     axes.set_ylabel("image size (px)")
     axes.grid(alpha=0.3)
     right = axes.twinx()

@@ -158,7 +158,8 @@ def test_cli_export_plot_and_predict(tiny_run, tmp_path):
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    result = _run_main("--mode=predict", f"--model_dir={model_dir}", f"--image={bad}")
+    # The image is named before any model is looked for: this model_dir does not even exist.
+    result = _run_main("--mode=predict", f"--model_dir={tmp_path / 'no_such_run'}", f"--image={bad}")
     assert result.returncode == 2 and f"cannot read image {str(bad)!r}" in result.stderr
     result = _run_main("--mode=export", f"--model_dir={model_dir}", "--tflite=int3")
     assert result.returncode == 2 and "error: --tflite=int3: unknown tflite 'int3'" in result.stderr

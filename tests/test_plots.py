@@ -54,6 +54,9 @@ def test_history_from_keras_history_and_model_dir(tmp_path):
     history.epoch = [0, 1, 2]
     figure = plots.plot_history(history)
     np.testing.assert_allclose(figure.axes[0].get_lines()[1].get_ydata(), [0.1, 0.5, 0.8])
+    for axes in figure.axes:  # three epochs: whole-epoch ticks, not matplotlib's default 1.00, 1.25, ...
+        ticks = [t for t in axes.get_xticks() if 1 <= t <= 3]
+        assert ticks == [1, 2, 3], axes.get_xticks()
     write_history(tmp_path / "history.csv", ROWS)
     assert len(plots.plot_history(str(tmp_path)).axes[0].get_lines()[0].get_ydata()) == 4
 
@@ -99,6 +102,7 @@ def test_progressive_plot_from_stages_and_history():
     np.testing.assert_allclose(lines["dropout"], [0.1, 0.1, 0.2, 0.2, 0.3])
     np.testing.assert_allclose(lines["RandAugment magnitude / 10"], [0.5, 0.5, 1.0, 1.0, 1.5])
     np.testing.assert_allclose(lines["mixup alpha"], [0, 0, 0.1, 0.1, 0.2])
+    assert all(float(t).is_integer() for t in size_axes.get_xticks())
     from_history = plots.plot_progressive(history=ROWS)
     np.testing.assert_allclose(from_history.axes[0].get_lines()[0].get_ydata(), [16, 16, 24, 24])
 
