@@ -1,6 +1,8 @@
-"""One embedding train step on one device and on two replicas, in a fresh process: TensorFlow
-caches collective-op parameters per process, and strategies of earlier tests with other layer
-shapes would collide with this one's. Writes both results to the .npz named on the command line.
+"""One embedding train step on one device and on two replicas, then one int8-aware step on each
+(quantization-aware fine-tuning: ranges measured, then gathered over the replicas), in a fresh
+process: TensorFlow caches collective-op parameters per process, and strategies of earlier tests
+with other layer shapes would collide with this one's. Writes the results to the .npz named on the
+command line.
 
     python tests/mirrored_embedding_step.py OUT.npz LOSS HEAD MODEL_DIR
 """
@@ -17,14 +19,16 @@ import tensorflow as tf  # noqa: E402
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
                                            [tf.config.LogicalDeviceConfiguration()] * 2)
 
+from efficientnet_tf.data.pipeline import make_dataset  # noqa: E402
 from efficientnet_tf.training import TrainConfig, Trainer  # noqa: E402
 
 
 def main(out, loss, head, model_dir):
     config = TrainConfig.from_settings(
         task="embedding", loss=loss, embedding_head=head, model="efficientnet-b0", dataset="digits", batch_size=16,
-        image_size=32, epochs=1, dropout_rate=0.0, drop_connect_rate=0.0, label_smoothing=0.0, seed=0,
-        ema_decay=0.0, embedding_dim=64, margin_scale=16.0, sync_batch_norm=True, model_dir=model_dir)
+        image_size=32, dropout_rate=0.0, drop_connect_rate=0.0, label_smoothing=0.0, seed=0,
+        ema_decay=0.0, embedding_dim=64, margin_scale=16.0, sync_batch_norm=True, model_dir=model_dir,
+        quantization_aware_epochs=1, epochs=2)  # epoch 1 plain (the first step), epoch 2 int8-aware
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     single = Trainer(config, verbose=False, strategy=tf.distribute.OneDeviceStrategy(devices[0]))
     mirrored = Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(devices))
@@ -42,6 +46,20 @@ def main(out, loss, head, model_dir):
         results[f"{name}_centres"] = trainer.centres.get_weights()[0]
         for i, weight in enumerate(trainer.model.get_weights()):
             results[f"{name}_weight{i}"] = weight
+
+    # The int8-aware phase from these weights: ranges over the calibration images, then a step on
+    # a batch of the training pipeline through the rounded graph.
+    for name, trainer in (("single", single), ("mirrored", mirrored)):
+        trainer.enter_int8_aware(trainer.stages[0], epoch=1, fresh=True)
+        ranges = trainer._int8_aware.ranges()
+        results[f"{name}_int8_range_names"] = np.array(sorted(ranges))
+        results[f"{name}_int8_ranges"] = np.array([ranges[key] for key in sorted(ranges)], np.float64)
+    stage = single.stages[0]
+    images, labels = next(iter(make_dataset(single.source, single._pipeline(stage, True), training=True)))
+    for name, trainer in (("single", single), ("mirrored", mirrored)):
+        results[f"{name}_int8_loss"], _ = trainer.train_on_batch(images, labels, int8_aware=True)
+        for i, weight in enumerate(trainer.model.get_weights()):
+            results[f"{name}_int8_weight{i}"] = weight
     np.savez(out, centres_before=centres_before, **results)
 
 

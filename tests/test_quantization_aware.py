@@ -1,5 +1,6 @@
 """Quantization-aware fine-tuning: the rounding, its grid against the converter's int8 files, the
-trainer's int8-aware epochs (one device and two replicas)."""
+trainer's int8-aware epochs (two replicas against one device: tests/test_recognition.py's
+two-replica embedding step)."""
 
 import re
 
@@ -10,7 +11,6 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from sklearn.datasets import load_digits
 
-from efficientnet_tf.data.pipeline import make_dataset
 from efficientnet_tf.deploy.export import convert_tflite
 from efficientnet_tf.models.builder import build_model
 from efficientnet_tf.models.scopes import dtype_policy
@@ -112,34 +112,6 @@ def test_int8_aware_epochs_freeze_bn_restart_the_average_and_train(tmp_path):
     assert moved == len(kernels)
     assert int(trainer.ema.num_updates.numpy()) == 2  # restarted: the aware epoch's 2 steps alone
     assert int(trainer.epoch.numpy()) == 2
-
-
-@pytest.mark.slow
-def test_mirrored_int8_aware_step_matches_one_device(tmp_path):
-    config = TrainConfig.from_settings(**dict(EMBEDDING, model_dir=str(tmp_path), ema_decay=0.0, sync_batch_norm=True,
-                                              epochs=2, quantization_aware_epochs=1))
-    single = Trainer(config, verbose=False, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
-    cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
-    assert len(cpus) == 2, "conftest.py makes two logical CPU devices"
-    mirrored = Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(cpus))
-    mirrored.model.set_weights(single.model.get_weights())
-    mirrored.centres.set_weights(single.centres.get_weights())
-    stage = single.stages[0]
-    single.enter_int8_aware(stage, epoch=1, fresh=True)
-    mirrored.enter_int8_aware(mirrored.stages[0], epoch=1, fresh=True)
-    # The two replicas' min and max gathered: the same ranges as one device's.
-    for name, (low, high) in single._int8_aware.ranges().items():
-        assert mirrored._int8_aware.ranges()[name] == pytest.approx((low, high), rel=1e-5, abs=1e-7), name
-    before = [w.copy() for w in single.model.get_weights()]
-    images, labels = next(iter(make_dataset(single.source, single._pipeline(stage, True), training=True)))
-    loss_a, _ = single.train_on_batch(images, labels, int8_aware=True)
-    loss_b, _ = mirrored.train_on_batch(images, labels, int8_aware=True)
-    assert loss_a == pytest.approx(loss_b, rel=1e-4)
-    changed = 0
-    for a, b, w0 in zip(single.model.get_weights(), mirrored.model.get_weights(), before):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-        changed += not np.allclose(a, w0)
-    assert changed > 50
 
 
 def test_quantization_aware_epochs_must_leave_epochs_to_train():
