@@ -469,7 +469,7 @@ class Trainer:
         dataset = distributed_dataset(self.strategy, self.source, self._pipeline(stage, True), training=True,
                                       epoch=epoch, repeat=True, skip_steps=first)
         iterator = iter(dataset)
-        int8_aware = epoch >= self.config.run.epochs - self.config.model.quantization_aware_epochs
+        int8_aware = epoch >= self._first_int8_aware_epoch
         if int8_aware:
             self.enter_int8_aware(stage, epoch, fresh=not first)
         self.lr_constant.assign(self._quantization_aware_lr() if int8_aware else 0.0)
@@ -532,12 +532,12 @@ class Trainer:
         one, the rounding ranges are measured again (the weights moved), as the export's int8
         calibration measures them: min and max over 200 training-pipeline images."""
         config = self.config
-        first_aware = config.run.epochs - config.model.quantization_aware_epochs
+        restart_average = fresh and epoch == self._first_int8_aware_epoch and self.ema is not None
         if self._int8_aware is None:
             output = None if self.loss_model is self.model else self.loss_model.outputs[0]._keras_history.operation.name
             with self.strategy.scope(), dtype_policy(self.policy):
                 self._int8_aware = Int8AwareModel(self.model, output_layer=output)
-        if fresh and epoch == first_aware and self.ema is not None:
+        if restart_average:
             self.ema.swap()
             self.ema.reset()
         # The export's calibration pipeline: training images, random crops, no other augmentation.
@@ -549,7 +549,7 @@ class Trainer:
         self._print(f"epoch {epoch + 1}: int8-aware (quantization_aware_epochs {config.model.quantization_aware_epochs}: "
                     f"activations rounded to 8 bits over ranges from {batches * config.run.batch_size} images, "
                     f"constant LR {self._quantization_aware_lr():.3g}"
-                    + (", training from the averaged weights" if fresh and epoch == first_aware and self.ema else "")
+                    + (", training from the averaged weights" if restart_average else "")
                     + ")")
 
     def _validate(self, epoch: int) -> dict:
@@ -641,15 +641,18 @@ class Trainer:
         """The LR the epoch's last optimizer step used (the counter already points past it)."""
         return float(self._lr_at(tf.maximum(self._optimizer_steps() - 1, 0)))
 
+    @property
+    def _first_int8_aware_epoch(self) -> int:
+        """The quantization-aware epochs' first (the run's epoch count when there are none)."""
+        return self.config.run.epochs - self.config.model.quantization_aware_epochs
+
     def _quantization_aware_lr(self) -> float:
         return self.base_lr * self.config.model.quantization_aware_lr_scale
 
     def _planned_lr(self, step: int) -> float:
         """The LR of global step `step` as planned: the schedule, then the quantization-aware
         epochs' constant (what lr_schedule.png draws)."""
-        config = self.config
-        aware_from = (config.run.epochs - config.model.quantization_aware_epochs) * self.steps_per_epoch
-        if config.model.quantization_aware_epochs and step >= aware_from:
+        if step >= self._first_int8_aware_epoch * self.steps_per_epoch:
             return self._quantization_aware_lr()
         return float(self.schedule(step))
 
