@@ -336,8 +336,7 @@ def run_predict(extra_images) -> None:
     images = list(FLAGS.image or []) + list(extra_images)
     if not images:
         raise ValueError("predict needs --image=PATH (several allowed)")
-    for path in images:  # a missing or unreadable image is named before the model takes time to load
-        read_image_bytes(path)
+    encoded = [read_image_bytes(path) for path in images]  # a bad image is named before the model loads
     if FLAGS.saved_model:
         predictor = Predictor.from_saved_model(FLAGS.saved_model)
     elif FLAGS.model_dir:
@@ -348,7 +347,7 @@ def run_predict(extra_images) -> None:
         raise ValueError("predict needs --model_dir (a training run), --saved_model (an export) or "
                          "--weights=imagenet|FAMILY|PATH (with --model; list_weights(model) names the families)")
     print(f"# {predictor.description}")
-    print(format_predictions(images, predictor(images)))
+    print(format_predictions(images, predictor.predict_bytes(encoded)))
 
 
 def existing_run_config(model_dir: str | None = None, changeable=None, evaluated_elsewhere=()) -> TrainConfig:

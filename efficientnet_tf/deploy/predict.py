@@ -118,7 +118,14 @@ class Predictor:
             raise TypeError(f"pass a list of image paths, not one path ({paths!r}): e.g. predictor([path])")
         if not paths:
             raise ValueError("no image path given")
-        return _top_k(self._serve(tf.constant([read_image_bytes(p) for p in paths])))
+        return self.predict_bytes([read_image_bytes(p) for p in paths])
+
+    def predict_bytes(self, encoded: Sequence[bytes]) -> list[list[tuple[str, float]]]:
+        """Like calling with files, for their encoded bytes (JPEG, PNG, ...; `read_image_bytes`
+        reads a file and checks that the decoder takes it)."""
+        if not encoded:
+            raise ValueError("no image given")
+        return _top_k(self._serve(tf.constant(list(encoded))))
 
     def predict_images(self, images) -> list[list[tuple[str, float]]]:
         """Like calling with files, for decoded images: one image [H, W, 3] or a batch
