@@ -94,8 +94,7 @@ def shared_ranges(model: keras.Model) -> dict[str, str]:
             after = consumers.get(after[0].name, [])
         return after[0] if len(after) == 1 else None
 
-    return {name: only_consumer(name).name for name in consumers
-            if isinstance(only_consumer(name), keras.layers.Add)}
+    return {name: add.name for name in consumers if isinstance(add := only_consumer(name), keras.layers.Add)}
 
 
 def rounded_layers(model: keras.Model) -> list[str]:
