@@ -282,19 +282,23 @@ def test_two_replica_embedding_step_equals_one_device_step(tmp_path):
     np.testing.assert_allclose(r["mirrored_int8_ranges"], r["single_int8_ranges"], rtol=1e-5, atol=1e-7)
     assert (r["single_int8_ranges"][:, 1] > r["single_int8_ranges"][:, 0]).all()
     # Rounding to 8 bits turns the two batchings' float noise (oneDNN on 16 images vs 2 x 8) into
-    # a whole step for a value on a rounding boundary, so a few elements differ by a visible part
-    # of the update (the flatten head's FC and BN: up to 30% for 0.1-3% of their elements; loss
-    # 3e-4 relative): each weight's mean difference is compared with its mean update instead
-    # (measured <= 0.9%; a step missing one replica's gradients would be 50%), plus the plain
-    # step's own tolerance for the weights this step leaves alone (BN statistics, frozen).
+    # a whole step for a value on a rounding boundary, and that spreads through the rounded graph
+    # into the gradients of the layers after it: per weight, the mean difference reaches 2.4-3.3%
+    # of the mean update depending on the CPU (measured on two, AVX-512 and not). What this checks is
+    # that the step is one device's: a step missing one replica's gradients differs by 50%, one
+    # counting them twice by 100%, a 25% error by 25%. So: summed over all weights, where that
+    # noise averages out (0.6%), the difference stays under 2% of the update; per weight under 10%
+    # (a half step is caught on 201 of 216 weights; the noise stays 3x below it).
     assert float(r["single_int8_loss"]) == pytest.approx(float(r["mirrored_int8_loss"]), rel=1e-3)
-    changed = 0
+    changed, total_difference, total_update = 0, 0.0, 0.0
     for key in weights:
         after = key.replace("single_weight", "single_int8_weight")
-        update = np.abs(r[after] - r[key]).mean()
-        difference = np.abs(r[after] - r[after.replace("single", "mirrored")]).mean()
-        assert difference <= 0.02 * update + 1e-6, (after, difference, update)
-        changed += update > 0
+        update = np.abs(r[after] - r[key])
+        difference = np.abs(r[after] - r[after.replace("single", "mirrored")])
+        assert difference.mean() <= 0.10 * update.mean() + 1e-6, (after, difference.mean(), update.mean())
+        total_difference, total_update = total_difference + difference.sum(), total_update + update.sum()
+        changed += update.mean() > 0
+    assert total_difference <= 0.02 * total_update, (total_difference, total_update)
     assert changed > 200  # the int8-aware step trained (from the plain step's weights)
 
 
