@@ -8,10 +8,13 @@ directories, checkpoints, plots, exports and caches all go through it. Paths wit
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import signal
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 
@@ -49,13 +52,23 @@ def makedirs(path: str | os.PathLike) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-def remove_tree(path: str | os.PathLike) -> None:
-    """Delete a directory and everything in it; a missing one is not an error."""
+def remove_file(path: str | os.PathLike) -> None:
+    """Delete one file the caller wrote; a missing one is not an error."""
     if is_remote(path):
         if _gfile().exists(os.fspath(path)):
-            _gfile().rmtree(os.fspath(path))
+            _gfile().remove(os.fspath(path))
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def remove_empty_directory(path: str | os.PathLike) -> None:
+    """Delete a directory that holds nothing (anything in it: OSError, nothing deleted)."""
+    if is_remote(path):
+        if _gfile().listdir(os.fspath(path)):  # object stores have no rmdir: refuse as it would
+            raise OSError(f"{path} is not empty")
+        _gfile().rmtree(os.fspath(path))
     else:
-        shutil.rmtree(path, ignore_errors=True)
+        os.rmdir(path)
 
 
 def modified_time(path: str | os.PathLike) -> float:
@@ -131,9 +144,25 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> str:
     return path
 
 
+def write_cache(path: str | os.PathLike, data: str, recognise: Callable[[str], bool]) -> bool:
+    """`atomic_write` a cache file, unless a file at `path` is not one this cache wrote
+    (`recognise(its text)` is False): a file someone else put there is left as it is and nothing
+    is cached. Returns whether it was written."""
+    if exists(path):
+        try:
+            ours = recognise(read_text(path))
+        except (OSError, ValueError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            return False
+    atomic_write(path, data)
+    return True
+
+
 def move_into_place(source: str | os.PathLike, path: str | os.PathLike) -> str:
-    """Rename a finished local file (written beside `path`, e.g. by a library that only writes
-    to a path) over `path` in one step: readers see the old file or the new one."""
+    """Rename a finished local file or directory (written beside `path`, e.g. by a library that
+    only writes to a path) to `path` in one step: readers see the old one or the new one. The
+    caller has made sure that whatever is at `path` is its own to replace."""
     os.replace(os.fspath(source), os.fspath(path))
     return os.fspath(path)
 
@@ -152,14 +181,16 @@ def move_aside(path: str | os.PathLike, suffix: str) -> str:
     return f"{path}.{suffix}-{n}"
 
 
-def replace_directory(build: Callable[[str], None], destination: str | os.PathLike) -> str:
-    """Run `build(staging_dir)` next to `destination`, then swap the result in.
+def replace_directory(build: Callable[[str], None], destination: str | os.PathLike) -> tuple[str, str | None]:
+    """Run `build(staging_dir)` next to `destination`, then move the result in.
 
-    On any failure the previous destination (if any) is untouched and the staging directory
-    removed. Returns the absolute destination.
+    On any failure `destination` is untouched and the staging directory removed. A destination
+    that holds anything is renamed `<destination>.replaced-N` first, never deleted (this
+    function cannot know who wrote it). Returns the absolute destination and the set-aside
+    name (None when there was nothing to set aside).
     """
     if is_remote(destination):
-        raise ValueError(f"an export is built in a local directory and swapped in there, not in {destination}: "
+        raise ValueError(f"an export is built in a local directory and moved in there, not in {destination}: "
                          "give a local export directory (and copy it to the bucket afterwards)")
     destination = os.path.abspath(os.fspath(destination))
     parent = os.path.dirname(destination)
@@ -168,15 +199,33 @@ def replace_directory(build: Callable[[str], None], destination: str | os.PathLi
     try:
         build(staging)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # made by mkdtemp above: ours alone
         raise
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; an export is meant to be shared
-    retired = None
-    if os.path.exists(destination):
-        retired = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.old-", dir=parent)
-        os.rmdir(retired)
-        os.replace(destination, retired)
-    os.replace(staging, destination)
-    if retired:
-        shutil.rmtree(retired, ignore_errors=True)
-    return destination
+    moved = None
+    with interrupts_deferred():
+        if os.path.isdir(destination) and not os.path.islink(destination) and not os.listdir(destination):
+            os.rmdir(destination)  # empty: nothing of anyone's is lost, and the rename needs the name free
+        elif os.path.lexists(destination):
+            moved = move_aside(destination, "replaced")
+        os.replace(staging, destination)
+    return destination, moved
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C and SIGTERM wait until the block has ended (a few renames that must not stop half
+    way), then arrive as usual. Outside the main thread signals cannot be caught: no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = {number: signal.signal(number, lambda n, frame: received.append(n))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            os.kill(os.getpid(), received[0])

@@ -99,7 +99,7 @@ def test_tflite_files_run_and_report_agreement(exported):
     np.testing.assert_allclose(runner(images), tf.nn.softmax(model(images)).numpy(), atol=1e-4)
 
 
-def test_failed_export_keeps_the_previous_directory(tmp_path):
+def test_replace_directory_keeps_the_previous_directory_on_failure_and_sets_it_aside_on_success(tmp_path):
     destination = tmp_path / "export"
     destination.mkdir()
     (destination / "good.txt").write_text("previous export")
@@ -113,8 +113,11 @@ def test_failed_export_keeps_the_previous_directory(tmp_path):
         export.replace_directory(failing_build, str(destination))
     assert os.listdir(destination) == ["good.txt"] and sorted(os.listdir(tmp_path)) == ["export"]
 
-    export.replace_directory(lambda path: open(os.path.join(path, "new.txt"), "w").close(), str(destination))
-    assert os.listdir(destination) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["export"]
+    path, moved = export.replace_directory(lambda path: open(os.path.join(path, "new.txt"), "w").close(),
+                                           str(destination))
+    assert os.listdir(destination) == ["new.txt"] and moved == f"{destination}.replaced-1"
+    assert (tmp_path / "export.replaced-1" / "good.txt").read_text() == "previous export"  # renamed, not deleted
+    assert sorted(os.listdir(tmp_path)) == ["export", "export.replaced-1"]
 
 
 def test_bad_export_requests(tmp_path, tiny_run):
@@ -394,8 +397,6 @@ def test_check_images_zero_refuses_a_dataset_that_does_not_fit_in_memory(tiny_ru
 
 def test_a_failed_format_is_reported_and_the_others_are_written(run_copy, tmp_path, monkeypatch):
     destination = tmp_path / "export"
-    destination.mkdir()
-    (destination / "old.txt").write_text("previous export")
 
     def crash(*args, **kwargs):
         raise RuntimeError("converter crashed\nsecond line")

@@ -237,6 +237,8 @@ def test_a_corrupt_archive_names_the_file(keras_home):
     path = keras_home / "models" / "efficientnet_tf" / "efficientnet-lite1.tar.gz"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"<html>proxy login</html>")
+    notes = path.parent / "my_notes.txt"  # a user's file in the cache: the failed conversions leave it alone
+    notes.write_bytes(b"mine\n")
     with pytest.raises(ValueError, match=r"efficientnet-lite1\.tar\.gz is not a readable checkpoint archive .*delete "
                                          r"it and try again"):
         et.build_model("efficientnet-lite1", weights="lite")
@@ -249,6 +251,8 @@ def test_a_corrupt_archive_names_the_file(keras_home):
         pass  # an empty archive: no checkpoint inside
     with pytest.raises(ValueError, match=r"expected one TF checkpoint in .*, found 0"):
         et.build_model("efficientnet-lite1", weights=family.name)
+    assert notes.read_bytes() == b"mine\n"
+    assert sorted(os.listdir(path.parent)) == ["efficientnet-lite1.tar.gz", "my_notes.txt"]  # nothing half-done left
 
 
 def test_imagenet21k_class_names_match_the_head():

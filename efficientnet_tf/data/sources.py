@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from efficientnet_tf.data import image_io
 from efficientnet_tf.data.config import ON_BAD_IMAGE
-from efficientnet_tf.files import atomic_write
+from efficientnet_tf.files import write_cache
 from efficientnet_tf.settings import SettingError
 
 log = logging.getLogger(__name__)
@@ -587,7 +587,8 @@ def record_stats(files: list[str], label_key: str = TFRECORD_LABEL_KEY) -> dict[
         stats[path] = tuple(entry)
     if changed:
         try:
-            atomic_write(cache_path, json.dumps(cached))
+            if not write_cache(cache_path, json.dumps(cached), _is_record_cache):
+                log.info("record-count cache not written: %s is not one (left as it is)", cache_path)
         except OSError as err:  # a read-only home must not stop training
             log.info("record-count cache not written to %s (%s)", cache_path, err)
     return stats
@@ -621,6 +622,13 @@ def _verdict_file(paths: list[str]) -> str:
     return os.path.join(cache_dir(), "image_checks", hashlib.sha256(common.encode()).hexdigest()[:24] + ".json")
 
 
+def _is_record_cache(text: str) -> bool:
+    """Whether `text` is what record_stats caches: {"path|size|mtime|label_key": [count, low, high]}."""
+    stored = json.loads(text)
+    return isinstance(stored, dict) and all("|" in key and isinstance(value, list) and len(value) == 3
+                                            for key, value in stored.items())
+
+
 def _load_verdicts(cache_path: str) -> dict:
     try:
         with open(cache_path, encoding="utf8") as f:
@@ -639,7 +647,8 @@ def _save_verdicts(cache_path: str, verdicts: dict) -> None:
     payload = {"decoder": image_io.DECODER_VERSION, "tensorflow": tf.__version__,
                "verdicts": {path: list(entry) for path, entry in verdicts.items()}}
     try:
-        atomic_write(cache_path, json.dumps(payload))
+        if not write_cache(cache_path, json.dumps(payload), lambda text: "verdicts" in json.loads(text)):
+            log.info("image-check cache not written: %s is not one (left as it is)", cache_path)
     except OSError as err:  # a read-only home must not stop training
         log.info("image-check cache not written to %s (%s)", cache_path, err)
 

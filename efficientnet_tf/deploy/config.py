@@ -20,7 +20,8 @@ ONNX_OPSET = 18
 class ExportConfig:
     """SavedModel destination, TFLite variants and how they are checked."""
 
-    export_dir: str | None = setting(None, "export: destination (default MODEL_DIR/export); replaced atomically.")
+    export_dir: str | None = setting(None, "export: destination (default MODEL_DIR/export): a new or empty directory, "
+                                      "or an earlier export of this run (files it does not rewrite are kept).")
     tflite: tuple[str, ...] = setting(TFLITE_QUANTIZATIONS, "export: TFLite formats to write; empty (on the "
                                       "command line: none) for the SavedModel only. int8_selective (not in the "
                                       "default: it searches) is int8 with the start of the network in "

@@ -3,9 +3,9 @@ and the agreement of each with the float model.
 
 The SavedModel takes float images 0..255 at the model's size (`serving_default`) or encoded
 JPEG/PNG bytes (`serving_bytes`, decoded, cropped and resized in the graph exactly as the eval
-pipeline does), and returns probabilities plus the top-k class ids and names. Directories are
-written next to their destination and swapped in at the end, so a failed export never leaves a
-half-written directory where a good one was.
+pipeline does), and returns probabilities plus the top-k class ids and names. An export is built
+next to its destination and moved in at the end (`deploy.destination`: what may be written where,
+and how a re-export keeps the files it does not rewrite).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,10 +25,11 @@ import tensorflow as tf
 
 from efficientnet_tf.data.pipeline import CALIBRATION_IMAGES, PipelineConfig, make_dataset
 from efficientnet_tf.data.sources import EMBEDDING_ONLY_SOURCES
+from efficientnet_tf.deploy.destination import ExportDestination
 from efficientnet_tf.deploy.config import (INTEGER_IO, ONNX_OPSET, TFLITE_QUANTIZATIONS, ExportConfig, keep_float_layers,
                                           require_onnx)
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
-from efficientnet_tf.files import atomic_write, replace_directory
+from efficientnet_tf.files import atomic_write, move_aside, replace_directory
 from efficientnet_tf.models.builder import build_model, functional_model
 from efficientnet_tf.models.official import resolve_weights
 from efficientnet_tf.models.scopes import dtype_policy
@@ -77,7 +79,8 @@ def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Mode
 def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequence[str], image_size: int,
                        top_k: int = 5, crop_padding: int = 32, metadata: dict | None = None,
                        logits: bool = True) -> str:
-    """Write the SavedModel (+ `labels.txt`, `export.json`) atomically to export_dir."""
+    """Write the SavedModel (+ `labels.txt`, `export.json`) to export_dir, built aside and moved
+    in whole; anything already at export_dir is renamed `<export_dir>.replaced-N`, not deleted."""
     module = ServingModule(model, class_names, image_size, top_k, crop_padding, logits=logits,
                            embedding=is_embedding_model(model))
 
@@ -93,7 +96,10 @@ def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequenc
                                                                             "top_k_probabilities", "top_k_names"],
                            signatures=[SIGNATURE_IMAGES, SIGNATURE_BYTES]), f, indent=2)
 
-    return replace_directory(build, export_dir)
+    path, moved = replace_directory(build, export_dir)
+    if moved:
+        log.warning("%s held something: kept as %s", path, moved)
+    return path
 
 
 def is_embedding_model(model: keras.Model) -> bool:
@@ -261,7 +267,8 @@ def convert_onnx(model: keras.Model, image_size: int, opset: int = ONNX_OPSET) -
 def export_tflite(model: keras.Model, export_dir: str, quantizations: Sequence[str] = TFLITE_QUANTIZATIONS,
                   representative_images: Iterable | None = None, integer_io: str = "uint8") -> dict[str, str]:
     """Write `model_<quantization>.tflite` files into export_dir (each written to a temporary
-    file, then renamed); returns {quantization: path}."""
+    file, then renamed; a file already there is kept as `<name>.replaced-N`); returns
+    {quantization: path}."""
     for quantization in quantizations:
         _check_format(quantization, integer_io)
     os.makedirs(export_dir, exist_ok=True)
@@ -272,6 +279,8 @@ def export_tflite(model: keras.Model, export_dir: str, quantizations: Sequence[s
         for quantization in quantizations:
             content = convert_saved_model(float_models(quantization), quantization, images, integer_io)
             paths[quantization] = os.path.join(export_dir, f"model_{quantization}.tflite")
+            if os.path.lexists(paths[quantization]):
+                log.warning("%s existed: kept as %s", paths[quantization], move_aside(paths[quantization], "replaced"))
             atomic_write(paths[quantization], content)
     return paths
 
@@ -476,9 +485,11 @@ def _take_images(source, image_size: int, seed: int | None, count: int, training
 def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int = 5, use_ema: bool = True,
                calibration_images: int = CALIBRATION_IMAGES, search_images: int = SEARCH_IMAGES, **settings) -> dict:
     """Export a run: `<export_dir>/saved_model/`, `<export_dir>/model_<q>.tflite`, `model.onnx`
-    and `<export_dir>/export_report.json`. The whole directory is built aside and swapped in at
-    the end; a format whose conversion fails is named in the report's `failed` and the others are
-    still written.
+    and `<export_dir>/export_report.json`. The export is built aside and moved in at the end; a
+    format whose conversion fails is named in the report's `failed` and the others are still
+    written. export_dir must be new, empty or an earlier export of this run (else SettingError,
+    before any work); a re-export replaces only the files it writes and keeps the others
+    (`deploy.destination`); a failure or Ctrl-C (`ExportInterrupted`) leaves it as it was.
 
     Args:
         model_dir: a training run's directory.
@@ -493,7 +504,9 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
             int8_selective's search measures agreement.
 
     Returns:
-        The report (also in export_report.json): sizes; per exported file its agreement with the
+        The report (also in export_report.json): `files`, every file of the export with the
+        checkpoint it came from, its size and SHA-256 (`kept`: those an earlier export wrote;
+        `moved_aside`: files in the way, renamed); per exported file its agreement with the
         float model on `check_images` images (eval split first, then training images) and on the
         eval split alone, top-1 on the eval split and its change, batch-1 latency; with int8, each
         op's own quantization error (`int8_layer_errors`, drawn in int8_layer_errors.png); with
@@ -506,12 +519,22 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
         raise TypeError("pass either an ExportConfig or keyword settings, not both")
     config.validate()
     tflite = config.tflite
+    load_run(model_dir)  # not a run: say so before judging the destination
+    destination = ExportDestination.check(config.export_dir or RunDir(model_dir).export, model_dir)
+    try:
+        return _export(model_dir, destination, config, top_k, use_ema, calibration_images, search_images)
+    except KeyboardInterrupt:
+        raise destination.interrupted() from None
+
+
+def _export(model_dir: str, destination: ExportDestination, config: ExportConfig, top_k: int, use_ema: bool,
+            calibration_images: int, search_images: int) -> dict:
+    tflite = config.tflite
     model, info = load_trained_model(model_dir, use_ema=use_ema)
     if config.int8_keep_float is not None:  # before any file is written or converted
         keep_float_layers(config.int8_keep_float,
                           [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)])
     embedding = is_embedding_model(model)
-    export_dir = config.export_dir or RunDir(model_dir).export
     size = int(info["image_size"])
     report = {"model": info["model"], "dataset": info["dataset"], "checkpoint": info["checkpoint"], "ema": info["ema"],
               "image_size": size, "task": "embedding" if embedding else "classification"}
@@ -550,13 +573,15 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
                 report["tflite"] = compared
         if failed:
             report["failed"] = failed
-        with open(os.path.join(path, "export_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
 
-    # The SavedModel is itself written with replace_directory inside the staging dir: harmless.
-    replace_directory(build, export_dir)
-    report["export_dir"] = os.path.abspath(export_dir)
-    return report
+    staging = destination.staging()
+    try:
+        build(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # made for this export alone
+        raise
+    report = destination.commit(staging, report)
+    return dict(report, export_dir=destination.path)
 
 
 def _attempt(failed: dict, name: str, step: Callable):

@@ -85,10 +85,34 @@ def unreadable_reason(path: str) -> str | None:
     return None
 
 
+# The files one checkpoint prefix (DIR/ckpt-3) is written as: its index and its data shards.
+_CHECKPOINT_SUFFIX = re.compile(r"\.(index|data-\d{5}-of-\d{5})")
+
+
+def checkpoint_files(path: str) -> list[str]:
+    """The files TensorFlow wrote for checkpoint `path`, and nothing else that shares its name."""
+    return [file for file in files.glob_files(glob.escape(path) + ".*")
+            if _CHECKPOINT_SUFFIX.fullmatch(file[len(path):])]
+
+
 def set_aside(path: str) -> list[str]:
     """Rename every file of checkpoint `path` to `<file>.damaged-N`; returns the new names."""
-    return [move_aside(file, "damaged") for file in files.glob_files(glob.escape(path) + ".*")
-            if ".damaged-" not in file]
+    return [move_aside(file, "damaged") for file in checkpoint_files(path)]
+
+
+def remove_checkpoints(directory: str) -> None:
+    """Delete the checkpoints a worker wrote in `directory` (its state file and checkpoint files),
+    then the directory and its parent if nothing else is left there: a file anyone else put
+    there stays, and so do the folders holding it."""
+    if not files.isdir(directory):
+        return
+    for name in files.listdir(directory):
+        path = os.path.join(directory, name)
+        if name == STATE_FILE or _CHECKPOINT_SUFFIX.search(name) and re.fullmatch(r"ckpt-\d+", name.split(".")[0]):
+            files.remove_file(path)
+    for folder in (directory, os.path.dirname(directory)):
+        if files.isdir(folder) and not files.listdir(folder):
+            files.remove_empty_directory(folder)
 
 
 def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *, partial: bool = False,

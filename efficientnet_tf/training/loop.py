@@ -31,7 +31,7 @@ from efficientnet_tf.training.config import TrainConfig
 from efficientnet_tf.training.ema import WeightAverage
 from efficientnet_tf.training.margin import ClassCentres, sparse_smoothed_cross_entropy
 from efficientnet_tf.training.optim import l2_loss, make_optimizer
-from efficientnet_tf.training.checkpoints import repair_state_file, restore_newest_readable
+from efficientnet_tf.training.checkpoints import remove_checkpoints, repair_state_file, restore_newest_readable
 from efficientnet_tf.training.errors import TrainingDiverged, TrainingInterrupted
 from efficientnet_tf.training.rundir import NotARunError, RunDir, check_same_classes, load_run, recorded_changes, run_info
 from efficientnet_tf.training.plan import plan_run
@@ -69,6 +69,7 @@ class Trainer:
         self.verbose = verbose
         self.overwrite = overwrite
         self.run_dir = RunDir(config.model_dir)
+        self.run_dir.check_can_hold_a_run(overwrite)  # before any data, model or file is touched
         self.previous_info = None
         if self.run_dir.exists() and not overwrite:
             self.run_dir.check_same_run(config)  # before any data, model or file is touched
@@ -669,7 +670,7 @@ class Trainer:
 
     def _cleanup_worker_dir(self) -> None:
         if not self.chief:
-            files.remove_tree(os.path.dirname(self.checkpoint_dir))
+            remove_checkpoints(self.checkpoint_dir)
 
     def evaluate(self, image_size: int | None = None, confusion: bool = False, split: str = "eval") -> dict:
         """Top-1/top-5/loss on `split` ('eval', or 'train': the training images, preprocessed for

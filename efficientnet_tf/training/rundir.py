@@ -28,6 +28,7 @@ import numpy as np
 
 from efficientnet_tf import files
 from efficientnet_tf.files import atomic_write, move_aside
+from efficientnet_tf.settings import SettingError
 from efficientnet_tf.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ def setting_changes(stored: TrainConfig, given: TrainConfig, names, info: dict |
     an unset size counts as the size it resolved to (an explicit `image_size=32` is the same run
     as the default that resolved to 32)."""
     old, new = stored.settings(), given.settings()
+    for name in _KEPT_WHEN_UNSET:
+        new[name] = old[name] if new[name] is None else new[name]
     for name in _RESOLVED_IN_INFO:
         if info and name in info:
             old[name] = info[name] if old[name] is None else old[name]
@@ -97,6 +100,8 @@ def setting_changes(stored: TrainConfig, given: TrainConfig, names, info: dict |
 
 
 _RESOLVED_IN_INFO = ("image_size", "train_image_size")  # run.json records what these resolved to
+# Unset on a resume, the run's own value (its config records what it resolved to; older runs, 64).
+_KEPT_WHEN_UNSET = ("batch_size",)
 
 
 def recorded_changes(stored: TrainConfig, given: TrainConfig) -> dict:
@@ -156,6 +161,30 @@ class RunDir:
         differences = setting_changes(stored, config, IDENTITY_SETTINGS, info)
         if differences:
             raise RunMismatch(self.path, differences)
+
+    def check_can_hold_a_run(self, overwrite: bool = False) -> None:
+        """SettingError (model_dir) unless this is a new or empty directory or a run's: training
+        writes run.json, history.csv, checkpoints/ ... and must not write over anyone's files.
+        With `overwrite` (the run is renamed aside) neither the current nor the home directory,
+        nor a folder above them, may be the one renamed."""
+        path = self.path
+        if files.exists(path) and not files.isdir(path):
+            raise SettingError("model_dir", f"{path} is a file, not a directory: give the directory a run is (or "
+                               "will be) written to")
+        if overwrite and not files.is_remote(path):
+            real = os.path.realpath(path)
+            for folder, name in ((os.getcwd(), "the current directory"), (os.path.expanduser("~"), "the home directory")):
+                folder = os.path.realpath(folder)
+                if folder == real or folder.startswith(real.rstrip(os.sep) + os.sep) or real == os.sep:
+                    raise SettingError("model_dir", f"{path} is or holds {name}: overwrite renames the run directory "
+                                       "aside, so give the run its own folder")
+        if self.exists() or not files.isdir(path):
+            return
+        foreign = sorted(name for name in files.listdir(path) if not name.startswith(".worker_"))
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+            raise SettingError("model_dir", f"{path} holds files but no run ({shown}): nothing was written; give a "
+                               "new or empty directory, or the directory of a run to continue")
 
     def set_aside(self) -> str | None:
         """Rename this directory to `<path>.replaced-N`; returns the new name, None when there was
