@@ -102,17 +102,17 @@ class ExportDestination:
                    "local export directory (and copy it to the bucket afterwards)")
         given = os.path.abspath(export_dir)
         path, run = os.path.realpath(given), os.path.realpath(os.path.abspath(model_dir))
+        advice = ("give a new or empty directory, or an earlier export of this run (the default is the run's "
+                  "export/ folder)")
         if path == os.path.realpath(os.sep):
-            refuse("is the root directory")
+            refuse(f"is the root directory: {advice}")
         if _within(run, path):
-            refuse("is the run's own directory" if path == run else f"holds the run {model_dir}")
+            refuse(f"is the run's own directory: {advice}" if path == run else f"holds the run {model_dir}: {advice}")
         protected = {os.path.realpath(os.getcwd()): "the current directory",
                      os.path.realpath(os.path.expanduser("~")): "the home directory"}
         for folder, name in protected.items():
             if _within(folder, path):
-                refuse(f"is {name}" if path == folder else f"holds {name}")
-        advice = ("give a new or empty directory, or an earlier export of this run (the default is the run's "
-                  "export/ folder)")
+                refuse(f"is {name}: {advice}" if path == folder else f"holds {name}: {advice}")
         if os.path.lexists(path) and not os.path.isdir(path):
             refuse(f"is a file, not a directory: {advice}")
         entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
