@@ -227,6 +227,8 @@ def run_training(validate: bool) -> None:
     if RunDir(config.model_dir).exists() and not FLAGS.overwrite:
         # Continue the run there: its own settings, with the ones given here that may change.
         config = existing_run_config(config.model_dir, changeable=config.settings())
+    else:
+        config.model.check_new_run()
     if FLAGS.dry_run:
         print(resolved_config_json(config))
         return
@@ -245,9 +247,10 @@ def resolved_config_json(config) -> str:
     native_size, num_train = config.peek_dataset()
     resolved = describe(config, plan_run(config, native_size, num_train))
     if num_train is None:
-        resolved["resolved_note"] = (f"the size of {config.data.dataset} is not known here (not prepared, or a folder "
-                                     "not yet checked): steps per epoch, BN momentum and the LR at each step resolve "
-                                     "when training starts")
+        resolved["resolved_note"] = (f"the size of {config.data.dataset} is not known here (not prepared, or not "
+                                     "counted before training): steps per epoch, BN momentum and the LR at each step"
+                                     + (", and the batch size (64 from 640 training images)" if
+                                        config.run.batch_size is None else "") + " resolve when training starts")
     if config.run.strategy == "tpu" or config.run.tpu:
         resolved.update(resolved_strategy="tpu", resolved_replicas=None, resolved_policy=None)  # known once connected
     else:
@@ -271,17 +274,26 @@ def run_eval() -> None:
     if other and config.recognition.embedding:
         raise ValueError(f"--eval_dataset={other}: an embedding run evaluates on its own held-out identities; "
                          "another dataset is for classification runs")
-    if other and other != config.data.eval_dataset:
+    folders = [os.path.realpath(os.path.expanduser(name[len("folder:"):])) for name in (other or "", config.data.dataset)
+               if name.startswith("folder:")]
+    own_folder = len(folders) == 2 and folders[0] == folders[1]  # folder:x and folder:./x/ are one folder
+    if other and other != config.data.eval_dataset and not own_folder:
         # Read like the run's own data (data_dir, seed, held-out share); a TFDS label_key only for
         # TFDS; tfrecord files: all their records evaluate, labelled with the run's class names.
-        from efficientnet_tf.data.sources import is_tfds_name
+        # A folder the run never trained on evaluates whole (an eval folder inside it: that one);
+        # the run's own folder is its held-out share, like no --eval_dataset.
+        from efficientnet_tf.data.sources import folder_source, is_tfds_name
         from efficientnet_tf.training.rundir import RunDir
 
         try:
-            eval_source = config.replace(
-                dataset=other, label_key=config.data.label_key if is_tfds_name(other) else "label",
-                eval_dataset=other if other.startswith("tfrecord:") else None,
-            ).load_source(class_names=RunDir(config.model_dir).read_info()["class_names"])
+            if other.startswith("folder:"):
+                eval_source = folder_source(other[len("folder:"):], on_bad_image=config.data.on_bad_image,
+                                            evaluate_all=True)
+            else:
+                eval_source = config.replace(
+                    dataset=other, label_key=config.data.label_key if is_tfds_name(other) else "label",
+                    eval_dataset=other if other.startswith("tfrecord:") else None,
+                ).load_source(class_names=RunDir(config.model_dir).read_info()["class_names"])
         except SettingError as err:  # it names --dataset, the run's setting: say which flag it was
             raise ValueError(f"--eval_dataset={other}: {err}") from None
     trainer = Trainer(config, eval_source=eval_source)
@@ -322,6 +334,10 @@ def run_export() -> int:
               f"{selective['target_agreement']}{'' if selective['target_met'] else ', NOT met: ' + selective['reason']})")
         if selective.get("head_search_skipped"):
             print(f"int8_selective: no dynamic-range head search: {selective['head_search_skipped']}")
+    for name in report.get("kept", []):
+        print(f"kept from an earlier export: {name} (from {report['files'][name]['checkpoint']})")
+    for name in report.get("moved_aside", []):
+        print(f"in the way, kept under another name: {name}")
     print(f"report: {os.path.join(report['export_dir'], 'export_report.json')}")
     if report.get("failed"):
         failures = "; ".join(f"{name} ({reason})" for name, reason in report["failed"].items())
@@ -336,7 +352,11 @@ def run_predict(extra_images) -> None:
     images = list(FLAGS.image or []) + list(extra_images)
     if not images:
         raise ValueError("predict needs --image=PATH (several allowed)")
-    encoded = [read_image_bytes(path) for path in images]  # a bad image is named before the model loads
+    try:
+        encoded = [read_image_bytes(path) for path in images]  # a bad image is named before the model loads
+    except IsADirectoryError as err:
+        hint = several_images_hint(err.path)
+        raise IsADirectoryError(f"--image={err.path}: {err}. Several at once: {hint}") from None
     if FLAGS.saved_model:
         predictor = Predictor.from_saved_model(FLAGS.saved_model)
     elif FLAGS.model_dir:
@@ -344,10 +364,23 @@ def run_predict(extra_images) -> None:
     elif FLAGS.weights:
         predictor = Predictor.from_pretrained(FLAGS.model, FLAGS.weights)
     else:
+        from efficientnet_tf.models.official import list_weights
+
         raise ValueError("predict needs --model_dir (a training run), --saved_model (an export) or "
-                         "--weights=imagenet|FAMILY|PATH (with --model; list_weights(model) names the families)")
+                         f"--weights=imagenet|FAMILY|PATH (with --model; {FLAGS.model} has "
+                         f"{', '.join(list_weights(FLAGS.model)) or 'no pretrained weights'})")
     print(f"# {predictor.description}")
     print(format_predictions(images, predictor.predict_bytes(encoded)))
+
+
+def several_images_hint(directory: str) -> str:
+    """How this command line takes several files, with a pattern for `directory`'s images."""
+    from efficientnet_tf.data.sources import IMAGE_EXTENSIONS
+
+    found = sorted(os.path.splitext(name)[1] for name in os.listdir(directory)
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    pattern = os.path.join(directory, "*" + (found[0] if found else ".jpg"))
+    return f"one --image followed by the paths, e.g. --image {pattern} (the shell lists the files)"
 
 
 def existing_run_config(model_dir: str | None = None, changeable=None, evaluated_elsewhere=()) -> TrainConfig:
@@ -419,6 +452,38 @@ def flag_spelling(setting: str) -> str:
     return f"--{setting}" if value is None else f"--{setting}={value}"
 
 
+def interrupted_line(err: KeyboardInterrupt) -> str:
+    """What Ctrl-C stopped, in this mode's terms (an export says what became of its directory)."""
+    if str(err):
+        return str(err)
+    if FLAGS.mode in ("train", "train_and_eval"):
+        return "stopped at once: the newest checkpoint on disk is kept; the same command resumes from it"
+    return f"stopped (--mode={FLAGS.mode}); every file it writes is written whole, or not at all"
+
+
+# What the command line runs for a library function an error message tells a Python caller to call.
+LIBRARY_CALLS_AS_COMMANDS = {
+    "efficientnet_tf.deploy.export.export_run": "`python main.py --mode=export --model_dir=RUN`",
+}
+
+
+def in_flags(err: BaseException) -> str:
+    """The message of a library error in this command line's terms: the arguments it tells a
+    Python caller to pass (`advice.Arg`) as flags, the functions to call as commands."""
+    from efficientnet_tf.advice import Arg, worded
+
+    def word(part):
+        if not isinstance(part, Arg):
+            return LIBRARY_CALLS_AS_COMMANDS.get(part.function)
+        if part.name not in FLAGS:
+            return None  # no flag of that name: the Python wording is the best there is
+        if not part.has_value:
+            return f"--{part.name}"
+        return f"no --{part.name}" if part.value is None else f"--{part.name}={part.value}"
+
+    return worded(err, word)
+
+
 def main(argv) -> int:
     extra = argv[1:]
     if extra and FLAGS.mode != "predict":
@@ -447,18 +512,17 @@ def main(argv) -> int:
     except TrainingInterrupted as err:
         print(err, file=sys.stderr)
         return 128 + err.signal_number  # the shell's convention for "killed by this signal"
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
-        print("stopped at once: the newest checkpoint on disk is kept; the same command resumes from it",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:  # training: a second Ctrl-C (the first stops after the step)
+        print(interrupted_line(err), file=sys.stderr)
         return 130
     except RunMismatch as err:
         print(f"error: {run_mismatch_line(err)}", file=sys.stderr)
         return 2
     except (SettingError, TrainingDiverged) as err:  # the library names the setting; say it as a flag
-        print(f"error: {flag_spelling(err.setting)}: {err}", file=sys.stderr)
+        print(f"error: {flag_spelling(err.setting)}: {in_flags(err)}", file=sys.stderr)
         return 2
     except (ValueError, OSError, UnreadableCheckpoints) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {in_flags(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -33,7 +33,9 @@ setup(
         "notebooks": ["ipykernel>=6,<8", "pillow>=9,<14"],
         "test": ["pytest>=7,<10", "pytest-xdist>=3.2,<4", "ai-edge-litert>=1.2,<3", "ai-edge-quantizer>=0.10,<1",
                  "nbclient>=0.7,<1", "nbformat>=5,<6", "ipykernel>=6,<8", "pillow>=9,<14",
-                 "tf2onnx>=1.16,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],
+                 "tf2onnx>=1.16,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2",
+                 # benchmarks/small_data.py and its test: the photos scikit-image ships.
+                 "scikit-image>=0.22,<1"],
     },
     py_modules=["main"],
 )

@@ -131,9 +131,12 @@ def plot_history(history, path: str | None = None, title: str | None = None) -> 
 
 
 def plot_lr_schedule(schedule: Callable | None = None, total_steps: int | None = None,
-                     steps_per_epoch: int = 1, history=None, path: str | None = None) -> Figure:
-    """The LR per step from a schedule (e.g. `optim.WarmupSchedule`), with the value logged at
-    the end of each epoch from a history on top, so the plan and what ran can be compared."""
+                     steps_per_epoch: int = 1, history=None, path: str | None = None,
+                     resumed_at: Sequence[int] = ()) -> Figure:
+    """The LR per step from a schedule (e.g. `optim.WarmupSchedule`, or a resumed run's
+    `training.resume_lr.RunSchedule`), with the value logged at the end of each epoch from a
+    history on top, so the plan and what ran can be compared. `resumed_at`: the steps where a
+    resume changed the schedule, marked."""
     figure = _new_figure(7, 4)
     axes = figure.add_subplot(1, 1, 1)
     if schedule is not None:
@@ -144,6 +147,9 @@ def plot_lr_schedule(schedule: Callable | None = None, total_steps: int | None =
         # Step s runs with the value at the end of the step, so it is drawn at (s + 1): the
         # logged end-of-epoch values then sit exactly on the curve.
         axes.plot((steps + 1) / steps_per_epoch, values, "-", label="schedule")
+    for i, step in enumerate(resumed_at):
+        axes.axvline(step / steps_per_epoch, color="0.5", linestyle=":",
+                     label="resumed with another length or schedule" if i == 0 else None)
     if history is not None:
         columns = load_history(history)
         if _has(columns, "lr"):
@@ -396,7 +402,8 @@ def save_run_plots(model_dir: str, schedule: Callable | None = None, total_steps
 
     draw(plot_history, HISTORY_PNG, columns, title=title or None)
     if schedule is not None or _has(columns, "lr"):
-        draw(plot_lr_schedule, LR_PNG, schedule, total_steps, steps_per_epoch, history=columns)
+        resumed_at = [piece["from_step"] for piece in run.get("lr_schedule", [])[1:]]  # training.resume_lr
+        draw(plot_lr_schedule, LR_PNG, schedule, total_steps, steps_per_epoch, history=columns, resumed_at=resumed_at)
     stage_ids = columns.get("stage", np.array([]))
     if _has(columns, "image_size") and len(np.unique(stage_ids[np.isfinite(stage_ids)])) > 1:
         draw(plot_progressive, PROGRESSIVE_PNG, columns)

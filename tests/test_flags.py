@@ -26,7 +26,7 @@ def test_recipes_exist():
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
 def test_recipe_resolves(path):
     config = _resolve(f"--flagfile={path}")
-    assert config["epochs"] >= 1 and config["batch_size"] >= 1
+    assert config["epochs"] >= 1 and (config["batch_size"] or config["resolved_batch_size"]) >= 1
 
 
 def test_imagenet_defaults_are_the_papers():

@@ -16,7 +16,8 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "efficientnet_tf"
 ROOT = PACKAGE.parent
 LAYERS = ("models", "data", "training", "deploy")  # each may import only itself and the ones before it
-BASE = {"efficientnet_tf", "efficientnet_tf._lazy", "efficientnet_tf.files", "efficientnet_tf.settings"}
+BASE = {"efficientnet_tf", "efficientnet_tf._lazy", "efficientnet_tf.files", "efficientnet_tf.settings",
+        "efficientnet_tf.advice"}
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -76,6 +76,24 @@ def test_transfer_learning_runs_from_a_local_weights_file(tmp_path):
 
 
 @pytest.mark.slow
+def test_transfer_learning_runs_offline_as_it_is(tmp_path, monkeypatch):
+    """The notebook with its own dataset and weights (only sizes made small), where neither can be
+    had: it says so and trains on the digits data without pretrained weights, to the end."""
+    from efficientnet_tf.data.sources import _can_download
+
+    if _can_download():
+        pytest.skip("this machine can download tf_flowers and the ImageNet weights: nothing to fall back from")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no cached ImageNet weights
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tensorflow_datasets"))  # no prepared tf_flowers
+    notebook = _execute("02_transfer_learning.ipynb", dict(IMAGE_SIZE=32, EPOCHS=2, FINETUNE_EPOCHS=1, STEPS_PER_EPOCH=3,
+                                                           MODEL_DIR=str(tmp_path / "run")), tmp_path)
+    text = _text(notebook)
+    assert "tf_flowers unavailable (TFDS dataset 'tf_flowers' is not prepared" in text
+    assert "ImageNet weights unavailable (could not get the ImageNet weights for efficientnet-b0" in text
+    assert "frozen=False" in text and "epoch 2: stage 0" in text
+
+
+@pytest.mark.slow
 def test_export_and_quantize_runs(tmp_path):
     notebook = _execute("03_export_and_quantize.ipynb", dict(EPOCHS=1, STEPS_PER_EPOCH=4, FORMATS=["float32", "int8"],
                                                              CHECK_IMAGES=32, MODEL_DIR=str(tmp_path / "run")), tmp_path)

@@ -288,8 +288,14 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_freeze_backbone_trains_head_only_then_unfreezes(tmp_path):
+    from efficientnet_tf import build_model
+
+    # A frozen backbone needs weights to start from: an untrained one, saved (no download here).
+    weights = str(tmp_path / "backbone.weights.h5")
+    build_model("efficientnet-lite0", include_top=False, input_shape=(32, 32, 3)).save_weights(weights)
     # Constant LR: the papers' decay shape squeezed into 4 steps would leave the second step ~0.1x.
-    config = TrainConfig.from_settings(model_dir=str(tmp_path), freeze_backbone=True, epochs=2, finetune_epochs=1, steps_per_epoch=2,
+    config = TrainConfig.from_settings(model_dir=str(tmp_path / "run"), freeze_backbone=True, weights=weights, epochs=2,
+                                       finetune_epochs=1, steps_per_epoch=2,
                                        warmup_epochs=0, lr_schedule="constant",
                                        **{k: v for k, v in QUICK_LITE.items() if k != "epochs"})
     trainer = Trainer(config, verbose=False)

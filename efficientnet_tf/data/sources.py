@@ -13,12 +13,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 from importlib import resources
 
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf.advice import Arg, advised
 from efficientnet_tf.data import image_io
 from efficientnet_tf.data.config import ON_BAD_IMAGE
 from efficientnet_tf.files import write_cache
@@ -184,7 +186,8 @@ def peek_dataset(name: str, data_dir: str | None = None, **source_args) -> tuple
         tfrecord_files(name[len("tfrecord:"):])  # files missing: say so now (counting them means reading them)
         return None, None
     if name.startswith("folder:"):
-        return None, None  # any size; and opening a folder source checks every file
+        # Any size. Counted from the file names: opening a folder source checks every file.
+        return None, folder_train_count(name[len("folder:"):], source_args.get("validation_fraction"))
     try:
         source = get_source(name, data_dir, download=False, **source_args)
         return source.native_size, source.num_train
@@ -301,7 +304,7 @@ def _split_layout(root: str) -> tuple[str | None, str | None]:
 
 
 def folder_source(path: str, validation_fraction: float | None = None, seed: int = 0,
-                  on_bad_image: str = "error") -> Source:
+                  on_bad_image: str = "error", evaluate_all: bool = False) -> Source:
     """One sub-folder per class, or `train/` + `val/` (also valid/, validation/, eval/, test/)
     each with one sub-folder per class.
 
@@ -317,6 +320,8 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
             when there is no eval folder; None: 0.1.
         seed: picks the held-out images.
         on_bad_image: 'error' or 'skip'.
+        evaluate_all: a folder that only evaluates a trained run: no share is held out, every
+            image is in the eval split (and the train split); an eval folder still names its own.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise SettingError("on_bad_image", f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
@@ -355,6 +360,10 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
                         root, eval_dir, ", ".join(unseen))
         description = (f"train: folder {train_dir}/, {len(train):,} images; "
                        f"eval: folder {eval_dir}/, {len(evaluation):,} images")
+    elif evaluate_all:
+        train = evaluation = [(p, label_of[c]) for c in classes for p in train_files[c]]
+        where = f"folder {train_dir}/" if train_dir else "the class folders"
+        description = f"eval: every image of {where}, {len(evaluation):,} images (evaluated only)"
     else:
         everything = [(p, label_of[c]) for c in classes for p in train_files[c]]
         train, evaluation = _stratified_split(everything, fraction, seed)
@@ -383,6 +392,22 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
                   native_size=None, flip_ok=True, _make=make, split_description=description)
 
 
+def folder_train_count(path: str, validation_fraction: float | None = None) -> int | None:
+    """The training images `folder_source` will have, from the file listing alone (no file is
+    checked: with on_bad_image='skip' the unreadable ones come off later); None when there is no
+    such folder (training says so)."""
+    root = os.path.expanduser(path)
+    if not os.path.isdir(root):
+        return None
+    fraction = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+    train_dir, eval_dir = _split_layout(root)
+    class_root = os.path.join(root, train_dir) if train_dir else root
+    counts = [n for n in (len(_files_under(os.path.join(class_root, cls))) for cls in _subdirs(class_root)) if n]
+    if eval_dir:
+        return sum(counts)
+    return sum(count - _held_out_count(count, fraction) for count in counts)
+
+
 def usable_image_files(root: str, on_bad_image: str, *files_by_class: dict[str, list[str]]) -> list[dict]:
     """Each {class: files} without the files the training decoder cannot read: with
     on_bad_image='error' a ValueError naming them, with 'skip' a warning counting them."""
@@ -392,8 +417,8 @@ def usable_image_files(root: str, on_bad_image: str, *files_by_class: dict[str, 
         return list(files_by_class)
     listing = "\n  ".join(f"{p}: {reason}" for p, reason in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
     if on_bad_image == "error":
-        raise ValueError(f"{len(bad)} file(s) in {root} cannot be read as {image_io.SUPPORTED_FORMATS} images "
-                         f"(pass on_bad_image='skip' to leave them out):\n  {listing}")
+        raise advised(ValueError, f"{len(bad)} file(s) in {root} cannot be read as {image_io.SUPPORTED_FORMATS} "
+                      "images (pass ", Arg("on_bad_image", "skip"), f" to leave them out):\n  {listing}")
     log.warning("skipping %d unreadable file(s) in %s:\n  %s", len(bad), root, listing)
     bad_paths = {p for p, _ in bad}
     return [{c: [p for p in files if p not in bad_paths] for c, files in group.items()} for group in files_by_class]
@@ -411,10 +436,14 @@ def _stratified_split(items, fraction, seed):
     for label in labels:
         members = [it for it in items if it[1] == label]
         order = rng.permutation(len(members))
-        n_eval = min(max(1, int(round(len(members) * fraction))), len(members) - 1)
+        n_eval = _held_out_count(len(members), fraction)
         evaluation += [members[i] for i in sorted(order[:n_eval])]
         train += [members[i] for i in sorted(order[n_eval:])]
     return train, evaluation
+
+
+def _held_out_count(count: int, fraction: float) -> int:
+    return min(max(1, int(round(count * fraction))), count - 1)
 
 
 # ---------------------------------------------------------------- TFRecord files (tensorflow/tpu format)
@@ -594,6 +623,11 @@ def record_stats(files: list[str], label_key: str = TFRECORD_LABEL_KEY) -> dict[
     return stats
 
 
+def _is_record_cache(text: str) -> bool:
+    """Whether `text` is (or was, cut short) what record_stats caches: {"path|size|mtime|key": [...]}."""
+    return text.strip() in ("", "{}") or re.match(r'\{"[^"]*\|', text) is not None
+
+
 def _check_label_range(stats: dict, pattern: str, label_key: str, label_offset: int, num_classes: int) -> None:
     """SettingError when the files' labels, minus the offset, are not all classes 0..num_classes-1."""
     filled = [entry for entry in stats.values() if entry[0] > 0]
@@ -622,13 +656,6 @@ def _verdict_file(paths: list[str]) -> str:
     return os.path.join(cache_dir(), "image_checks", hashlib.sha256(common.encode()).hexdigest()[:24] + ".json")
 
 
-def _is_record_cache(text: str) -> bool:
-    """Whether `text` is what record_stats caches: {"path|size|mtime|label_key": [count, low, high]}."""
-    stored = json.loads(text)
-    return isinstance(stored, dict) and all("|" in key and isinstance(value, list) and len(value) == 3
-                                            for key, value in stored.items())
-
-
 def _load_verdicts(cache_path: str) -> dict:
     try:
         with open(cache_path, encoding="utf8") as f:
@@ -647,7 +674,7 @@ def _save_verdicts(cache_path: str, verdicts: dict) -> None:
     payload = {"decoder": image_io.DECODER_VERSION, "tensorflow": tf.__version__,
                "verdicts": {path: list(entry) for path, entry in verdicts.items()}}
     try:
-        if not write_cache(cache_path, json.dumps(payload), lambda text: "verdicts" in json.loads(text)):
+        if not write_cache(cache_path, json.dumps(payload), lambda text: '"verdicts"' in text):
             log.info("image-check cache not written: %s is not one (left as it is)", cache_path)
     except OSError as err:  # a read-only home must not stop training
         log.info("image-check cache not written to %s (%s)", cache_path, err)
@@ -710,24 +737,36 @@ def _class_label(features, name: str, label_key: str):
         raise ValueError(f"TFDS dataset {name!r} is not an image-classification dataset (needs an 'image' and a "
                          f"ClassLabel feature; it has {', '.join(features.keys())})")
     if label_key not in class_labels:
-        raise ValueError(f"TFDS dataset {name!r} has no class label {label_key!r}; its class labels are "
-                         f"{', '.join(class_labels)} (pass one as label_key)")
+        raise advised(ValueError, f"TFDS dataset {name!r} has no class label {label_key!r}; its class labels are "
+                      f"{', '.join(class_labels)} (pass one as ", Arg("label_key"), ")")
     return features[label_key]
+
+
+def _quiet_unprepared_notice(record: logging.LogRecord) -> bool:
+    # TFDS logs this absl warning while finding out that a dataset is not prepared: the error
+    # `_prepare` raises says so, with what to do, and this line printed before it said less.
+    return record.msg != "Variant folder %s has no %s"
 
 
 def _prepare(builder, name: str, data_dir: str | None, download: bool) -> None:
     import tensorflow_datasets as tfds
 
-    if builder.is_prepared():
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_quiet_unprepared_notice)
+    try:
+        prepared = builder.is_prepared()
+    finally:
+        absl_logger.removeFilter(_quiet_unprepared_notice)
+    if prepared:
         return
     where = data_dir or "~/tensorflow_datasets"
     if not download:
         raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {where} and download is off")
     if not _can_download():
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in {where} and this machine cannot download it. "
-            f"Prepare it where there is internet (`tfds build {name} --data_dir=DIR`) and pass that DIR as "
-            f"data_dir, or train offline on the dataset 'digits'"
+        raise advised(
+            FileNotFoundError, f"TFDS dataset {name!r} is not prepared in {where} and this machine cannot download "
+            f"it. Prepare it where there is internet (`tfds build {name} --data_dir=DIR`), bring DIR here and pass ",
+            Arg("data_dir", "DIR", placeholder=True), ", or train offline on the dataset 'digits'"
         )
     manual_dir = os.path.join(os.path.expanduser(data_dir or "~/tensorflow_datasets"), "downloads", "manual")
     try:

@@ -518,7 +518,6 @@ def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int
     elif settings:
         raise TypeError("pass either an ExportConfig or keyword settings, not both")
     config.validate()
-    tflite = config.tflite
     load_run(model_dir)  # not a run: say so before judging the destination
     destination = ExportDestination.check(config.export_dir or RunDir(model_dir).export, model_dir)
     try:

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf.advice import Call, advised
 from efficientnet_tf.data.image_io import SUPPORTED_FORMATS, check_image_bytes
 from efficientnet_tf.data.pipeline import preprocess_eval
-from efficientnet_tf.data.sources import imagenet21k_class_names, imagenet_class_names
+from efficientnet_tf.data.sources import IMAGE_EXTENSIONS, imagenet21k_class_names, imagenet_class_names
 from efficientnet_tf.data.pixels import warn_if_unit_scaled
 from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
 
@@ -19,6 +20,11 @@ from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, Se
 def read_image_bytes(path: str) -> bytes:
     """The encoded file, after checking that the training/serving decoder reads it: a bad file
     fails here, by name."""
+    if os.path.isdir(path):
+        error = IsADirectoryError(f"image {path!r} is a directory, not an image file: give image files, one path "
+                                  f"each{_images_in(path)}")
+        error.path = path  # `filename` would make str(error) OSError's "[Errno ...]" form
+        raise error
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path!r} does not exist")
     with open(path, "rb") as f:
@@ -29,6 +35,17 @@ def read_image_bytes(path: str) -> bytes:
     return data
 
 
+def _images_in(directory: str, shown: int = 3) -> str:
+    """' (it holds N image files: a.jpg, b.png, ...)', by file name; '' when it holds none."""
+    names = sorted(name for name in os.listdir(directory) if name.lower().endswith(IMAGE_EXTENSIONS)
+                   and os.path.isfile(os.path.join(directory, name)))
+    if not names:
+        return ""
+    listed = ", ".join(os.path.join(directory, name) for name in names[:shown])
+    return f" (it holds {len(names)} image file(s): {listed}{', ...' if len(names) > shown else ''})"
+
+
+_EXPORT_RUN = Call("efficientnet_tf.deploy.export.export_run")
 _EMBEDDING_MODEL = ("{what} is a recognition embedding model: it has no classes to predict. Its SavedModel export "
                     "returns the L2-normalised embedding (output 'embedding'); compare two images by the cosine "
                     "similarity of their embeddings (docs/recognition.md)")
@@ -58,12 +75,12 @@ class Predictor:
     @classmethod
     def from_saved_model(cls, path: str) -> Predictor:
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise FileNotFoundError(f"{path!r} is not a SavedModel directory (no saved_model.pb); "
-                                    "export one with efficientnet_tf.deploy.export.export_run")
+            raise advised(FileNotFoundError, f"{path!r} is not a SavedModel directory (no saved_model.pb); export "
+                          "one with ", _EXPORT_RUN)
         loaded = tf.saved_model.load(path)
         if SIGNATURE_BYTES not in loaded.signatures:
-            raise ValueError(f"SavedModel {path!r} has no {SIGNATURE_BYTES!r} signature (signatures: "
-                             f"{', '.join(loaded.signatures)}); export it with efficientnet_tf")
+            raise advised(ValueError, f"SavedModel {path!r} has no {SIGNATURE_BYTES!r} signature (signatures: "
+                          f"{', '.join(loaded.signatures)}); export its run with ", _EXPORT_RUN)
         signature = loaded.signatures[SIGNATURE_BYTES]
         if "embedding" in signature.structured_outputs:
             raise ValueError(_EMBEDDING_MODEL.format(what=f"SavedModel {path!r}"))

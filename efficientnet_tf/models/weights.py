@@ -12,6 +12,7 @@ import h5py
 import keras
 import numpy as np
 
+from efficientnet_tf.advice import Arg, advised
 from efficientnet_tf.models.configs import REGISTRY, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,11 @@ def imagenet_weights_file(config: ModelConfig, include_top: bool) -> tuple[str, 
     if not config.keras_weights:
         from efficientnet_tf.models.official import list_weights
 
-        others = list_weights(config)
-        raise ValueError(
-            f"no ImageNet weights are published in keras.applications for {config.name!r}"
-            + (f" (its official checkpoints: weights={' or '.join(repr(w) for w in others)})" if others else "")
-            + f"; models with weights='imagenet': {', '.join(models_with_imagenet_weights())}"
+        others = [part for family in list_weights(config) for part in (" or ", Arg("weights", family))][1:]
+        raise advised(
+            ValueError, f"no ImageNet weights are published in keras.applications for {config.name!r}",
+            *((" (its official checkpoints: ", *others, ")") if others else ()),
+            "; models with ", Arg("weights", "imagenet"), f": {', '.join(models_with_imagenet_weights())}"
         )
     stem = config.keras_weights
     fname = stem + (".h5" if include_top else "_notop.h5")
@@ -75,18 +76,20 @@ def keras_models_dir(subdir: str = "") -> str:
     return os.path.join(keras_home, "models", subdir) if subdir else os.path.join(keras_home, "models")
 
 
-def download(fname: str, url: str, what: str, subdir: str = "", md5: str | None = None, offline_hint: str = "") -> str:
+def download(fname: str, url: str, what: str, subdir: str = "", md5: str | None = None,
+             offline_hint: tuple = ()) -> str:
     """`url` downloaded once into `keras_models_dir(subdir)/fname` (md5-checked when given); offline
-    or on any failure, one OSError naming `what`, the file, its URL and where to put it."""
+    or on any failure, one OSError naming `what`, the file, its URL and where to put it, then
+    `offline_hint` (`advice.advised` parts: another way out)."""
     directory = keras_models_dir(subdir)
     try:
         return keras.utils.get_file(fname, url, cache_dir=os.path.dirname(keras_models_dir()),
                                     cache_subdir=os.path.relpath(directory, os.path.dirname(keras_models_dir())),
                                     file_hash=md5)
     except Exception as err:  # offline, proxy, truncated download...
-        raise OSError(
-            f"could not get {what}: {fname} from {url} ({type(err).__name__}: {err}). Without internet, "
-            f"download that file elsewhere and put it at {os.path.join(directory, fname)}{offline_hint}"
+        raise advised(
+            OSError, f"could not get {what}: {fname} from {url} ({type(err).__name__}: {err}). Without internet, "
+            f"download that file elsewhere and put it at {os.path.join(directory, fname)}", *offline_hint
         ) from err
 
 
@@ -94,7 +97,7 @@ def fetch_imagenet_weights(config: ModelConfig, include_top: bool) -> str:
     """Download (once; cached in ~/.keras/models) and return the local path."""
     fname, url, md5 = imagenet_weights_file(config, include_top)
     return download(fname, url, f"the ImageNet weights for {config.name}", md5=md5,
-                    offline_hint=f" or pass weights='/path/to/{fname}'.")
+                    offline_hint=(" or pass ", Arg("weights", f"/path/to/{fname}"), "."))
 
 
 def _weighted_layers(model: keras.Model):
@@ -263,9 +266,10 @@ def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> list[
         path = os.fspath(weights)
         if not os.path.exists(path):
             known = ", ".join(repr(w) for w in official.list_weights(config))
-            raise FileNotFoundError(
-                f"weights {path!r} is neither a file nor pretrained weights of {config.name} ({known or 'none'}); "
-                "pass weights=None, one of those or the path of a .h5 / .weights.h5 / .keras file"
+            raise advised(
+                FileNotFoundError, f"weights {path!r} is neither a file nor pretrained weights of {config.name} "
+                f"({known or 'none'}); pass one of those, the path of a .h5 / .weights.h5 / .keras file, or ",
+                Arg("weights", None), " (random initialisation)"
             )
     if path.endswith((".weights.h5", ".keras")):
         return _assign(model, path, _keras3_layers_in_model_order(model, path))

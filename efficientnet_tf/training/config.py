@@ -85,6 +85,13 @@ class NetworkConfig:
         _check(self.finetune_lr_scale > 0, "finetune_lr_scale",
                f"finetune_lr_scale must be > 0, got {self.finetune_lr_scale}")
 
+    def check_new_run(self) -> None:
+        """Refuse what cannot train from the start (a run trained so earlier still evaluates and exports)."""
+        _check(not self.freeze_backbone or self.weights, "freeze_backbone",
+               "freeze_backbone trains only a new head on pretrained features, and weights is unset (a frozen random "
+               "backbone gives the head nothing to learn from): set weights to imagenet (or an official checkpoint "
+               "family, or a weights file), or leave freeze_backbone off")
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
@@ -148,7 +155,9 @@ class RunConfig:
     model_dir: str | None = setting(None, "Where checkpoints, history.csv, logs and plots go (default "
                                     "runs/MODEL-DATASET). Rerunning the same command resumes.")
     epochs: int = setting(350, "Training epochs (the papers' ImageNet run: 350).")
-    batch_size: int = setting(64, "Global batch size, split over the replicas (the papers: 4096 on TPU pods).")
+    batch_size: int | None = setting(None, "Global batch size, split over the replicas (the papers: 4096 on TPU pods); "
+                                     "default: 64, or for under 640 training images the largest of 32, 16, 8 that "
+                                     "gives 10 steps per epoch (8 at least).")
     seed: int | None = setting(0, "Random seed (weights, data order, augmentation).")
     keep_checkpoints: int = setting(3, "Checkpoints kept in model_dir/checkpoints.")
     steps_per_epoch: int | None = setting(None, "Cap on steps per epoch (quick runs); default: one pass over the "
@@ -165,7 +174,8 @@ class RunConfig:
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "epochs", f"epochs must be >= 1, got {self.epochs}")
-        _check(self.batch_size >= 1, "batch_size", f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.batch_size is None or self.batch_size >= 1, "batch_size",
+               f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
                f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         _check(self.steps_per_loop >= 1, "steps_per_loop", f"steps_per_loop must be >= 1, got {self.steps_per_loop}")

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf import files
+from efficientnet_tf.advice import Arg, advised
 from efficientnet_tf.data.pipeline import CALIBRATION_IMAGES, PipelineConfig, distributed_dataset, per_replica_batch_size
 from efficientnet_tf.data.sources import Source
 from efficientnet_tf.models.builder import build_model
@@ -34,8 +35,9 @@ from efficientnet_tf.training.optim import l2_loss, make_optimizer
 from efficientnet_tf.training.checkpoints import remove_checkpoints, repair_state_file, restore_newest_readable
 from efficientnet_tf.training.errors import TrainingDiverged, TrainingInterrupted
 from efficientnet_tf.training.rundir import NotARunError, RunDir, check_same_classes, load_run, recorded_changes, run_info
-from efficientnet_tf.training.plan import plan_run
+from efficientnet_tf.training.plan import plan_run, with_batch_size
 from efficientnet_tf.training.quantization_aware import Int8AwareModel
+from efficientnet_tf.training.resume_lr import change_line, resumed_schedule
 from efficientnet_tf.training.stages import Stage, augmented_batch, stage_pipeline
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ class Trainer:
             self.run_dir.check_same_run(config)  # before any data, model or file is touched
             self.previous_info = self.run_dir.read_info()
         self.evaluates_only = eval_source is not None
+        if self.previous_info is None and not self.evaluates_only:
+            config.model.check_new_run()
         if eval_source is not None:
             if self.previous_info is None:
                 raise NotARunError(f"eval_source evaluates a trained run: {config.model_dir} holds none (train first)")
@@ -85,13 +89,17 @@ class Trainer:
         self.config = config
         self.strategy = strategy or distribute.make_strategy(config.run.strategy, config.run.tpu)
         self.replicas = self.strategy.num_replicas_in_sync
-        per_replica_batch_size(config.run.batch_size, self.replicas)
+        if config.run.batch_size is not None:  # checked before any data is read
+            per_replica_batch_size(config.run.batch_size, self.replicas)
         self.chief = distribute.is_chief(self.strategy)
         self.policy = distribute.mixed_precision_policy(self.strategy, config.run.mixed_precision)
         self.device = distribute.device_kind(self.strategy)
         self.jit_compile = config.run.jit_compile if config.run.jit_compile is not None else self.device == "tpu"
 
         self.source = eval_source or config.load_source()
+        # Unset, the batch is the resumed run's own, else resolved from the dataset's size (plan.py).
+        config = self.config = with_batch_size(config, self.source.num_train, resuming=self.previous_info is not None)
+        per_replica_batch_size(config.run.batch_size, self.replicas)
         network = config.model
         self.plan = plan_run(config, self.source.native_size, self.source.num_train or config.run.batch_size)
         # image_size: evaluation and export; train_image_size: training (V2: smaller).
@@ -316,8 +324,10 @@ class Trainer:
                 self.overwrite = False  # once: a second fit() continues this run
                 self.manager = self._new_manager()  # the old one listed the old run's checkpoints
             files.makedirs(self.run_dir.path)
-            self._write_run_info()
         start_epoch = self._restore()
+        self._resume_schedule()  # where the checkpoint left the LR: before run.json records it
+        if self.chief:
+            self._write_run_info()
         self._last_epoch_evaluation = None
         history = [r for r in self.run_dir.read_history() if int(r["epoch"]) < start_epoch]
         if self.chief:
@@ -421,11 +431,10 @@ class Trainer:
             resumes = list(self.previous_info.get("resumes", []))
             changed = recorded_changes(stored, self.config)
             if changed:
-                resumes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed})
-                if "epochs" in changed and None in (self.config.optimizer.warmup_epochs,
-                                                   self.config.optimizer.lr_decay_epochs):
-                    self._print("epochs changed: the LR schedule (warmup and decay scaled to the run's length) is "
-                                "recomputed for the new length from here on")
+                resumes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed,
+                                **({"lr": self._lr_change} if self._lr_change else {})})
+            if self._lr_change:
+                self._print(change_line(self._lr_change, (stored.run.epochs, self.config.run.epochs)))
         self.run_dir.write_info(run_info(
             self.config,
             num_classes=self.source.num_classes,
@@ -435,9 +444,19 @@ class Trainer:
             split=getattr(self.source, "split_description", ""),
             steps_per_epoch=self.steps_per_epoch,
             base_lr=self.base_lr,
+            lr_schedule=self.schedule.to_json(),
             **({"eval_identities": list(self.source.eval_class_names)} if self.embedding else {}),
             **({"resumes": resumes} if resumes else {}),
         ))
+
+    def _resume_schedule(self) -> None:
+        """The schedule from the restored step on (`resume_lr`): the run's own, or continued from
+        the LR it reached when this resume changes its length."""
+        stored, info = load_run(self.run_dir.path) if self.run_dir.exists() else (None, None)
+        self.schedule, self._lr_change = resumed_schedule(self.config, self.base_lr, self.steps_per_epoch,
+                                                          int(self._optimizer_steps().numpy()), info, stored,
+                                                          self._first_int8_aware_epoch * self.steps_per_epoch)
+        self._train_fns.clear()  # a step traced before (train_on_batch) holds the schedule it was traced with
 
     def _restore(self) -> int:
         """Resume from the chief's newest readable checkpoint (every worker reads it); damaged
@@ -490,10 +509,10 @@ class Trainer:
             loss, correct = loop(iterator, tf.constant(steps))
             loss_sum, correct_sum, done = loss_sum + float(loss), correct_sum + float(correct), done + steps
             if not math.isfinite(loss_sum):
-                raise TrainingDiverged(
-                    f"loss became {loss_sum} at epoch {epoch + 1}, step {done}: training stopped; the last good "
-                    f"checkpoint ({self.manager.latest_checkpoint or 'none yet'}) is kept. Lower learning_rate "
-                    f"or check the data")
+                raise advised(
+                    TrainingDiverged, f"loss became {loss_sum} at epoch {epoch + 1}, step {done}: training stopped; "
+                    f"the last good checkpoint ({self.manager.latest_checkpoint or 'none yet'}) is kept. Lower ",
+                    Arg("learning_rate"), " or check the data")
             if self._stop_requested() and done < self.steps_per_epoch:
                 self._save_within_epoch(epoch, done, loss_sum, correct_sum)
                 self._interrupted(f"at epoch {epoch + 1}, step {done} of {self.steps_per_epoch}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from efficientnet_tf.models.configs import get_config
+from efficientnet_tf.training.resume_lr import run_schedule
 from efficientnet_tf.training.rundir import load_run
 from efficientnet_tf.training.stages import augmented_batch, plan_stages, stage_pipeline
 
@@ -20,7 +21,7 @@ def replot_run(model_dir: str, with_images: bool = True) -> list[str]:
 
     config, info = load_run(model_dir)
     steps_per_epoch = int(info.get("steps_per_epoch", 1))
-    schedule = config.make_schedule(info["base_lr"], steps_per_epoch) if "base_lr" in info else None
+    schedule = run_schedule(config, info, steps_per_epoch) if "base_lr" in info else None  # as applied
     augmented = None
     if with_images:
         try:
