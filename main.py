@@ -6,8 +6,9 @@
     python main.py --mode=summary --model=all
     python main.py --mode=plot --model_dir=runs/efficientnet-b0-digits
     python main.py --mode=export --model_dir=runs/efficientnet-b0-digits --tflite=float32,int8
-    python main.py --mode=predict --model_dir=runs/efficientnet-b0-digits --image=a.png b.png
-    python main.py --mode=predict --model=efficientnet-b0 --weights=imagenet --image=cat.jpg
+    python main.py --mode=predict --model_dir=runs/efficientnet-b0-digits --image digit0.png digit1.png
+    python main.py --mode=predict --model=efficientnet-b0 --weights=imagenet --image=china.jpg
+    (README.md, "Prediction": the commands that write these images)
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ def resolved_config_json(config) -> str:
     from efficientnet_tf.training.plan import describe, plan_run
 
     native_size, num_train = config.peek_dataset()
-    resolved = describe(config, plan_run(config, native_size, num_train))
+    resolved = dict(describe(config, plan_run(config, native_size, num_train)), resolved_train_images=num_train)
     if num_train is None:
         resolved["resolved_note"] = (f"the size of {config.data.dataset} is not known here (not prepared, or not "
                                      "counted before training): steps per epoch, BN momentum and the LR at each step"
@@ -334,16 +335,37 @@ def run_export() -> int:
               f"{selective['target_agreement']}{'' if selective['target_met'] else ', NOT met: ' + selective['reason']})")
         if selective.get("head_search_skipped"):
             print(f"int8_selective: no dynamic-range head search: {selective['head_search_skipped']}")
-    for name in report.get("kept", []):
-        print(f"kept from an earlier export: {name} (from {report['files'][name]['checkpoint']})")
-    for name in report.get("moved_aside", []):
-        print(f"in the way, kept under another name: {name}")
+    for line in kept_lines(report, settings):
+        print(line)
     print(f"report: {os.path.join(report['export_dir'], 'export_report.json')}")
     if report.get("failed"):
         failures = "; ".join(f"{name} ({reason})" for name, reason in report["failed"].items())
         print(f"error: not exported: {failures}; everything else was written", file=sys.stderr)
         return 1
     return 0
+
+
+def kept_lines(report: dict, settings) -> list[str]:
+    """What an export kept from an earlier one and set aside, for the user: files of another
+    checkpoint are a warning naming the flags that would bring them up to date."""
+    lines = []
+    older = report.get("kept_from_other_checkpoints", [])
+    same = [name for name in report.get("kept", []) if name not in older]
+    if same:
+        lines.append(f"kept from an earlier export of the same checkpoint: {', '.join(same)}")
+    if older:
+        checkpoints = sorted({os.path.basename(report["files"][name]["checkpoint"]) for name in older})
+        formats = list(settings.tflite) + [name[len("model_"):-len(".tflite")] for name in older
+                                           if name.startswith("model_") and name.endswith(".tflite")]
+        formats += ["int8"] if "int8_layer_errors.png" in older else []
+        again = f"--tflite={','.join(dict.fromkeys(formats)) or 'none'}"
+        again += " --onnx" if "model.onnx" in older or settings.onnx else ""
+        lines.append(f"warning: kept from an earlier export of another checkpoint ({', '.join(checkpoints)}; this "
+                     f"export is {os.path.basename(report['checkpoint'])}): {', '.join(older)}. To export them "
+                     f"from this checkpoint too: {again}")
+    lines += [f"in the way, kept under another name (not what the earlier export wrote): {name}"
+              for name in report.get("moved_aside", [])]
+    return lines
 
 
 def run_predict(extra_images) -> None:
@@ -447,6 +469,8 @@ def flag_spelling(setting: str) -> str:
     if setting not in FLAGS:
         return f"--{setting}"
     value = FLAGS[setting].value
+    if value is True:  # a boolean flag given: its name says it
+        return f"--{setting}"
     if isinstance(value, list):
         value = ",".join(map(str, value))
     return f"--{setting}" if value is None else f"--{setting}={value}"

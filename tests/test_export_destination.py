@@ -161,3 +161,24 @@ def test_cli_says_one_line_for_a_refused_directory_and_for_ctrl_c(run_copy, tmp_
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == f"stopped: nothing was exported; {destination} was not created"
     assert not destination.exists() and sorted(os.listdir(tmp_path)) == ["mine", "run"]
+
+
+def test_files_kept_from_another_checkpoint_are_a_warning_naming_the_flags(run_copy, tmp_path):
+    import main
+
+    destination = tmp_path / "out"
+    first = export.export_run(run_copy, export_dir=str(destination), tflite=["float32"], check_images=16)
+    older = first["checkpoint"].replace("ckpt-2", "ckpt-1")  # as if exported before the run was extended
+    assert older != first["checkpoint"]
+    stored = json.loads((destination / "export_report.json").read_text())
+    stored["files"]["model_float32.tflite"]["checkpoint"] = older
+    (destination / "export_report.json").write_text(json.dumps(stored))
+
+    from efficientnet_tf.deploy.config import ExportConfig
+
+    settings = ExportConfig(export_dir=str(destination), tflite=())
+    second = export.export_run(run_copy, config=settings)
+    assert second["kept"] == second["kept_from_other_checkpoints"] == ["model_float32.tflite"]
+    assert main.kept_lines(second, settings) == [
+        "warning: kept from an earlier export of another checkpoint (ckpt-1; this export is ckpt-2): "
+        "model_float32.tflite. To export them from this checkpoint too: --tflite=float32"]

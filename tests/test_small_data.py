@@ -4,6 +4,7 @@ backbone needs pretrained weights, and a folder given for evaluation is evaluate
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -137,9 +138,11 @@ def test_a_frozen_random_backbone_is_one_line_at_the_command_line(tmp_path):
     result = _main(f"--model_dir={tmp_path}", "--freeze_backbone", "--dry_run")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --freeze_backbone=True: freeze_backbone trains only a new head on pretrained features, and weights "
-        "is unset (a frozen random backbone gives the head nothing to learn from): set weights to imagenet (or an "
+        "error: --freeze_backbone: freeze_backbone trains only a new head on pretrained features, and there are "
+        "none (a frozen random backbone gives the head nothing to learn from): add --weights=imagenet (or an "
         "official checkpoint family, or a weights file), or leave freeze_backbone off"]
+    with pytest.raises(SettingError, match=r"add weights='imagenet' \(or an official"):  # Python's words
+        TrainConfig.from_settings(freeze_backbone=True).model.check_new_run()
 
 
 def test_the_folder_recipe_fine_tunes_from_pretrained_weights(tmp_path):
@@ -182,3 +185,35 @@ def test_the_small_data_benchmark_reports_what_it_ran(tmp_path):
         assert round(run["top1"] * 100, 6) == int(round(run["top1"] * 100))  # k of 100 images
         assert report["runs"][label]["mean_top1"] == pytest.approx(run["top1"])
         assert f"| {label} | {batch} | {steps} | {run['bn_momentum']:.3f} |" in result.stdout
+
+
+def test_a_dry_run_checks_the_folder_layout_as_training_does(tmp_path):
+    """What the file listing can tell (no folder, a file, images not in class folders) stops a dry
+    run as it stops training, in one line saying what was found; a good folder's count is printed."""
+    from efficientnet_tf.data.sources import folder_train_count
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        (flat / f"{i}.png").write_bytes(b"not decoded by a dry run")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty").mkdir()
+    expected = {
+        "flat": "needs one sub-folder of images per class, at least 2 (e.g. cat/, dog/); found no sub-folder with "
+                "images and 3 image(s) directly in it: put them in one sub-folder per class",
+        "afile": "is a file, not a folder: give a folder with one sub-folder of images per class",
+        "empty": "found no sub-folder with images",
+        "nope": "does not exist",
+    }
+    for name, why in expected.items():
+        with pytest.raises((ValueError, FileNotFoundError), match=re.escape(why)):
+            folder_train_count(str(tmp_path / name))
+    result = _main(f"--dataset=folder:{flat}", f"--model_dir={tmp_path / 'run'}", "--dry_run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and expected["flat"] in lines[0], result.stderr[-1000:]
+    for cls in ("a", "b"):
+        (flat / cls).mkdir()
+        for i in range(10):
+            (flat / cls / f"{i}.png").write_bytes(b"x")
+    assert folder_train_count(str(flat)) == 18  # 10 per class minus one held out (10%) each
+    assert not (tmp_path / "run").exists()

@@ -327,14 +327,8 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
         raise SettingError("on_bad_image", f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, "
                            f"got {on_bad_image!r}")
     fraction = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
-    root = os.path.expanduser(path)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset folder {root!r} does not exist (dataset 'folder:{path}')")
-    train_dir, eval_dir = _split_layout(root)
-    class_root = os.path.join(root, train_dir) if train_dir else root
-    train_files = {cls: _files_under(os.path.join(class_root, cls)) for cls in _subdirs(class_root)}
+    root, train_dir, eval_dir, class_root, train_files, eval_files = _folder_layout(path)
     eval_root = os.path.join(root, eval_dir) if eval_dir else None
-    eval_files = {cls: _files_under(os.path.join(eval_root, cls)) for cls in _subdirs(eval_root)} if eval_root else {}
 
     train_files, eval_files = usable_image_files(root, on_bad_image, train_files, eval_files)
 
@@ -347,8 +341,7 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
         raise ValueError(f"{eval_root} has images of class(es) {orphaned} that {class_root} "
                          f"has no usable image of; every eval class must be a training class")
     if len(classes) < 2:
-        raise ValueError(f"dataset folder {class_root!r} needs one sub-folder of images per class (at least 2), "
-                         f"found {classes}")
+        raise ValueError(_too_few_classes(class_root, classes))
     label_of = {c: i for i, c in enumerate(classes)}
 
     if eval_dir:
@@ -392,17 +385,43 @@ def folder_source(path: str, validation_fraction: float | None = None, seed: int
                   native_size=None, flip_ok=True, _make=make, split_description=description)
 
 
-def folder_train_count(path: str, validation_fraction: float | None = None) -> int | None:
-    """The training images `folder_source` will have, from the file listing alone (no file is
-    checked: with on_bad_image='skip' the unreadable ones come off later); None when there is no
-    such folder (training says so)."""
+def _folder_layout(path: str):
+    """(root, train_dir, eval_dir, class_root, {class: files} to train on, {class: files} of the
+    eval folder) from the listing alone; what no file check can change (no folder, a file, fewer
+    than two class folders with files) is a FileNotFoundError or ValueError saying what was found."""
     root = os.path.expanduser(path)
     if not os.path.isdir(root):
-        return None
-    fraction = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise FileNotFoundError(f"dataset folder {root!r} {what}: give a folder with one sub-folder of images "
+                                "per class")
     train_dir, eval_dir = _split_layout(root)
     class_root = os.path.join(root, train_dir) if train_dir else root
-    counts = [n for n in (len(_files_under(os.path.join(class_root, cls))) for cls in _subdirs(class_root)) if n]
+    train_files = {cls: _files_under(os.path.join(class_root, cls)) for cls in _subdirs(class_root)}
+    eval_root = os.path.join(root, eval_dir) if eval_dir else None
+    eval_files = {cls: _files_under(os.path.join(eval_root, cls)) for cls in _subdirs(eval_root)} if eval_root else {}
+    classes = [cls for cls, found in train_files.items() if found]
+    if len(classes) < 2:
+        raise ValueError(_too_few_classes(class_root, classes))
+    return root, train_dir, eval_dir, class_root, train_files, eval_files
+
+
+def _too_few_classes(class_root: str, classes: list[str]) -> str:
+    found = (f"{len(classes)} class folder with images ({classes[0]})" if classes
+             else "no sub-folder with images")
+    loose = [name for name in os.listdir(class_root) if name.lower().endswith(IMAGE_EXTENSIONS)]
+    if loose:
+        found += f" and {len(loose)} image(s) directly in it: put them in one sub-folder per class"
+    return (f"dataset folder {class_root!r} needs one sub-folder of images per class, at least 2 (e.g. cat/, "
+            f"dog/); found {found}")
+
+
+def folder_train_count(path: str, validation_fraction: float | None = None) -> int:
+    """The training images `folder_source` will have, from the file listing alone (no file is
+    checked: with on_bad_image='skip' the unreadable ones come off later); a folder that cannot be
+    a dataset is the error training would give."""
+    fraction = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+    _, _, eval_dir, _, train_files, _ = _folder_layout(path)
+    counts = [len(found) for found in train_files.values() if found]
     if eval_dir:
         return sum(counts)
     return sum(count - _held_out_count(count, fraction) for count in counts)

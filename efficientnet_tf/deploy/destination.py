@@ -194,6 +194,9 @@ class ExportDestination:
         report = dict(report, model_dir=os.path.abspath(self.model_dir), files=dict(sorted({**listed, **kept}.items())))
         if kept:
             report["kept"] = sorted(kept)
+            older = sorted(rel for rel, info in kept.items() if info.get("checkpoint") != checkpoint)
+            if older:  # an export of two models: say so, it is rarely what a user wants
+                report["kept_from_other_checkpoints"] = older
             # Their figures stay, each saying which checkpoint it measured.
             for name, entry in (earlier.get("tflite") or {}).items():
                 if f"model_{name}.tflite" in kept and name not in report.get("tflite", {}):

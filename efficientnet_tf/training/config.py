@@ -12,11 +12,13 @@ docs/training.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from typing import Any
 
 from efficientnet_tf import settings
+from efficientnet_tf.advice import Arg, advised
 from efficientnet_tf.data.config import SMALL_IMAGE, AugmentConfig, DataConfig
 from efficientnet_tf.models.builder import EMBEDDING_HEADS
 from efficientnet_tf.models.configs import get_config
@@ -87,10 +89,12 @@ class NetworkConfig:
 
     def check_new_run(self) -> None:
         """Refuse what cannot train from the start (a run trained so earlier still evaluates and exports)."""
-        _check(not self.freeze_backbone or self.weights, "freeze_backbone",
-               "freeze_backbone trains only a new head on pretrained features, and weights is unset (a frozen random "
-               "backbone gives the head nothing to learn from): set weights to imagenet (or an official checkpoint "
-               "family, or a weights file), or leave freeze_backbone off")
+        if self.freeze_backbone and not self.weights:
+            raise advised(functools.partial(SettingError, "freeze_backbone"),
+                          "freeze_backbone trains only a new head on pretrained features, and there are none (a "
+                          "frozen random backbone gives the head nothing to learn from): add ",
+                          Arg("weights", "imagenet"), " (or an official checkpoint family, or a weights file), or "
+                          "leave freeze_backbone off")
 
 
 @dataclasses.dataclass(frozen=True)
