@@ -182,3 +182,22 @@ def test_files_kept_from_another_checkpoint_are_a_warning_naming_the_flags(run_c
     assert main.kept_lines(second, settings) == [
         "warning: kept from an earlier export of another checkpoint (ckpt-1; this export is ckpt-2): "
         "model_float32.tflite. To export them from this checkpoint too: --tflite=float32"]
+
+
+def test_a_failure_while_moving_the_new_export_in_puts_the_previous_one_back(run_copy, tmp_path, monkeypatch):
+    from efficientnet_tf.deploy import destination
+
+    out = tmp_path / "out"
+    export.export_run(run_copy, export_dir=str(out), tflite=[])
+    before, beside = _snapshot(tmp_path), sorted(os.listdir(tmp_path))
+    real = destination.files.move_into_place
+
+    def fail_for_new_files(source, path):
+        if ".tmp-" in str(source):  # a staged file of the new export: after the earlier ones were moved out
+            raise OSError("disk went away")
+        return real(source, path)
+
+    monkeypatch.setattr(destination.files, "move_into_place", fail_for_new_files)
+    with pytest.raises(OSError, match="disk went away"):
+        export.export_run(run_copy, export_dir=str(out), tflite=[])
+    assert _snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == beside

@@ -176,10 +176,18 @@ class ExportDestination:
                 report = self._merged_report(report, written, checkpoint, staged, moved_aside)
                 files.atomic_write(os.path.join(self.path, REPORT), json.dumps(report, indent=2) + "\n")
                 self.committed = True
+        except BaseException:
+            if not self.committed:  # put the earlier export's files back where no new one landed
+                for entry in os.listdir(retired):
+                    if not os.path.lexists(os.path.join(self.path, entry)):
+                        files.move_into_place(os.path.join(retired, entry), os.path.join(self.path, entry))
+            raise
         finally:
-            # Only what was proven the earlier export's is in `retired`; `staging` is ours.
-            shutil.rmtree(retired, ignore_errors=True)
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)  # made for this export alone
+            # Only what was proven the earlier export's is in `retired`: deleted once replaced (or
+            # put back); anything left after a failure stays, hidden beside the export.
+            if self.committed or not os.listdir(retired):
+                shutil.rmtree(retired, ignore_errors=True)
         return report
 
     def _merged_report(self, report: dict, written: dict, checkpoint: str, staged: list[str],
