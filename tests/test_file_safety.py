@@ -86,11 +86,13 @@ def test_a_workers_checkpoints_are_removed_and_nothing_else(tmp_path):
     worker = tmp_path / "run" / ".worker_worker_1" / "checkpoints"
     _write_checkpoint(worker, 1)
     _write_checkpoint(worker, 2)
-    notes = _plant(worker / "notes.txt")
+    planted = [_plant(worker / name) for name in ("notes.txt", "ckpt-1.index.bak", "ckpt-2.data-old")]
     remove_checkpoints(str(worker))
-    assert os.listdir(worker) == ["notes.txt"] and notes.read_bytes() == USER_BYTES  # the folders that hold it stay
+    assert sorted(os.listdir(worker)) == sorted(p.name for p in planted)  # the folders that hold them stay
+    assert all(p.read_bytes() == USER_BYTES for p in planted)
 
-    notes.unlink()
+    for p in planted:
+        p.unlink()
     _write_checkpoint(worker, 3)
     remove_checkpoints(str(worker))
     assert os.listdir(tmp_path / "run") == []  # only its own files were there: its folders go too

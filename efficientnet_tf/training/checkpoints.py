@@ -108,7 +108,8 @@ def remove_checkpoints(directory: str) -> None:
         return
     for name in files.listdir(directory):
         path = os.path.join(directory, name)
-        if name == STATE_FILE or _CHECKPOINT_SUFFIX.search(name) and re.fullmatch(r"ckpt-\d+", name.split(".")[0]):
+        prefix, dot, suffix = name.partition(".")
+        if name == STATE_FILE or re.fullmatch(r"ckpt-\d+", prefix) and _CHECKPOINT_SUFFIX.fullmatch(dot + suffix):
             files.remove_file(path)
     for folder in (directory, os.path.dirname(directory)):
         if files.isdir(folder) and not files.listdir(folder):
