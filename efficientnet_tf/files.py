@@ -52,6 +52,17 @@ def makedirs(path: str | os.PathLike) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+def protected_folder(path: str | os.PathLike) -> tuple[str, bool] | None:
+    """(name, whether `path` is it) when the local `path` is or holds the current or the home
+    directory, which no operation may replace or rename; None otherwise."""
+    real = os.path.realpath(os.fspath(path))
+    for folder, name in ((os.getcwd(), "the current directory"), (os.path.expanduser("~"), "the home directory")):
+        folder = os.path.realpath(folder)
+        if folder == real or folder.startswith(real.rstrip(os.sep) + os.sep):
+            return name, folder == real
+    return None
+
+
 def remove_file(path: str | os.PathLike) -> None:
     """Delete one file the caller wrote; a missing one is not an error."""
     if is_remote(path):

@@ -108,11 +108,9 @@ class ExportDestination:
             refuse(f"is the root directory: {advice}")
         if _within(run, path):
             refuse(f"is the run's own directory: {advice}" if path == run else f"holds the run {model_dir}: {advice}")
-        protected = {os.path.realpath(os.getcwd()): "the current directory",
-                     os.path.realpath(os.path.expanduser("~")): "the home directory"}
-        for folder, name in protected.items():
-            if _within(folder, path):
-                refuse(f"is {name}: {advice}" if path == folder else f"holds {name}: {advice}")
+        protected = files.protected_folder(path)
+        if protected:
+            refuse(f"{'is' if protected[1] else 'holds'} {protected[0]}: {advice}")
         if os.path.lexists(path) and not os.path.isdir(path):
             refuse(f"is a file, not a directory: {advice}")
         entries = sorted(os.listdir(path)) if os.path.isdir(path) else []

@@ -171,13 +171,10 @@ class RunDir:
         if files.exists(path) and not files.isdir(path):
             raise SettingError("model_dir", f"{path} is a file, not a directory: give the directory a run is (or "
                                "will be) written to")
-        if overwrite and not files.is_remote(path):
-            real = os.path.realpath(path)
-            for folder, name in ((os.getcwd(), "the current directory"), (os.path.expanduser("~"), "the home directory")):
-                folder = os.path.realpath(folder)
-                if folder == real or folder.startswith(real.rstrip(os.sep) + os.sep) or real == os.sep:
-                    raise SettingError("model_dir", f"{path} is or holds {name}: overwrite renames the run directory "
-                                       "aside, so give the run its own folder")
+        protected = overwrite and not files.is_remote(path) and files.protected_folder(path)
+        if protected:  # "/" holds the current directory too
+            raise SettingError("model_dir", f"{path} is or holds {protected[0]}: overwrite renames the run directory "
+                               "aside, so give the run its own folder")
         if self.exists() or not files.isdir(path):
             return
         foreign = sorted(name for name in files.listdir(path) if not name.startswith(".worker_"))
