@@ -313,7 +313,8 @@ def run_plot() -> None:
 
 
 def run_export() -> int:
-    from efficientnet_tf.deploy.export import export_run, format_report
+    from efficientnet_tf.deploy.export import export_run
+    from efficientnet_tf.deploy.reports import format_report
 
     settings = export_config()
     settings.validate()
@@ -328,7 +329,7 @@ def run_export() -> int:
         print(format_report(compared))
     selective = report.get("int8_selective")
     if selective:
-        from efficientnet_tf.deploy.quantization import kept_float_summary
+        from efficientnet_tf.deploy.int8_search import kept_float_summary
 
         measure = "nearest-neighbour agreement" if report.get("task") == "embedding" else "agreement"
         print(f"int8_selective: {kept_float_summary(selective)}, search {measure} {selective['search_agreement']:.4f} (target "

@@ -42,7 +42,9 @@ def main(argv=None) -> int:
 
     from efficientnet_tf import build_model
     from efficientnet_tf.models.configs import get_config
-    from efficientnet_tf.deploy.export import TFLiteRunner, export_saved_model, export_tflite, load_trained_model
+    from efficientnet_tf.deploy.export import load_trained_model
+    from efficientnet_tf.deploy.saved_model import export_saved_model
+    from efficientnet_tf.deploy.tflite import TFLiteRunner, export_tflite
 
     print(f"machine: {common.machine()}")
     rng = np.random.default_rng(0)
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
             class_names = [str(i) for i in range(model.output_shape[-1])]
         calibration = [rng.uniform(0, 255, (1, size, size, 3)).astype("float32") for _ in range(16)]
         if args.model_dir:
-            from efficientnet_tf.deploy.export import pipeline_images
+            from efficientnet_tf.deploy.calibration import pipeline_images
 
             calibration = list(pipeline_images(args.model_dir, 64, training=True)[0][:, None])
         with tempfile.TemporaryDirectory() as tmp:

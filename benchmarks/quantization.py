@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     import keras
 
     from efficientnet_tf.deploy.export import export_run
-    from efficientnet_tf.deploy.quantization import kept_float_summary
+    from efficientnet_tf.deploy.int8_search import kept_float_summary
     from efficientnet_tf.training import TrainConfig, Trainer
 
     print(f"machine: {common.machine()}")

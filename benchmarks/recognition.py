@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     except ValueError as err:
         parser.error(str(err))
 
-    from efficientnet_tf.deploy.export import export_run, format_report
+    from efficientnet_tf.deploy.export import export_run
+    from efficientnet_tf.deploy.reports import format_report
     from efficientnet_tf.training import TrainConfig, Trainer
 
     print(f"machine: {common.machine()}")

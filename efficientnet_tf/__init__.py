@@ -37,8 +37,8 @@ _EXPORTS = {
     "list_weights": "models.official",
     "FeatureInfo": "models.builder",
     "build_efficientnet": "models.builder",
-    "build_feature_extractor": "models.builder",
-    "build_model": "models.builder",
+    "build_feature_extractor": "models.factory",
+    "build_model": "models.factory",
     "round_filters": "models.builder",
     "round_repeats": "models.builder",
 }
@@ -62,7 +62,8 @@ MOVED_MODULES = {
     "distribute": ("training.distribute", "training.config"),
     "trainer": ("training.loop", "training.config", "training.stages", "training.ema", "training.rundir",
                 "training.report", "training.errors", "files"),
-    "export": ("deploy.export", "deploy.serving", "deploy.config", "files"),
+    "export": ("deploy.export", "deploy.saved_model", "deploy.tflite", "deploy.onnx", "deploy.reports", "deploy.calibration",
+               "deploy.serving", "deploy.config", "files"),
     "predict": ("deploy.predict",),
 }
 RENAMED = {"load_run_config": "load_run"}

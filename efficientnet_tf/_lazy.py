@@ -1,4 +1,4 @@
-"""Package attributes imported on first use (PEP 562).
+"""Package attributes imported on first use, and names that moved to another module (PEP 562).
 
 A package's `__init__` names what it offers without importing it, so each subpackage pays for
 its imports (the training stack, TFLite, h5py) only when used.
@@ -7,6 +7,7 @@ its imports (the training stack, TFLite, h5py) only when used.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 
 def lazy_exports(package: str, exports: dict[str, str], namespace: dict, fallback: tuple[str, ...] = ()):
@@ -25,5 +26,22 @@ def lazy_exports(package: str, exports: dict[str, str], namespace: dict, fallbac
 
     def __dir__():
         return sorted(set(namespace) | set(exports))
+
+    return __getattr__, __dir__
+
+
+def moved_names(module: str, moved: dict[str, str], namespace: dict):
+    """`__getattr__` and `__dir__` for `module` (whose globals are `namespace`): attribute NAME
+    now lives in module `moved[NAME]`; getting it from `module` warns (FutureWarning, naming
+    the new home), then returns it. For one release after a module was split."""
+
+    def __getattr__(name: str):
+        if name not in moved:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} moved to {moved[name]}.{name}", FutureWarning, stacklevel=2)
+        return getattr(importlib.import_module(moved[name]), name)
+
+    def __dir__():
+        return sorted(set(namespace) | set(moved))
 
     return __getattr__, __dir__

@@ -9,7 +9,6 @@ it as PNG, and returns it so callers and tests can read the plotted data back.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -17,17 +16,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from efficientnet_tf import files
 from efficientnet_tf.files import atomic_write
+from efficientnet_tf.plots_history import load_history
 from efficientnet_tf.training.rundir import (
     AUGMENTED_PNG,
     CONFUSION_PNG,
-    HISTORY_CSV,
     HISTORY_PNG,
     LR_PNG,
     PROGRESSIVE_PNG,
     RunDir,
-    read_history_csv,
 )
 from efficientnet_tf.training.verification import roc_auc, tar_at_far
 
@@ -35,47 +32,6 @@ DPI = 100
 MAX_CONFUSION_CLASSES = 50  # beyond this a class-by-class matrix is unreadable
 ROC_PNG = "roc.png"  # plot_roc of a recognition run's held-out identities
 SIMILARITY_PNG = "similarity.png"  # plot_similarity_histograms of the same pairs
-
-
-def load_history(history) -> dict[str, np.ndarray]:
-    """Columns of a run's history as float arrays, from any of the forms a user has at hand:
-    a Keras `History`, a dict of lists, a list of row dicts, a `history.csv` path or a model_dir."""
-    if hasattr(history, "history") and isinstance(history.history, Mapping):  # keras.callbacks.History
-        columns = {k: list(v) for k, v in history.history.items()}
-        columns.setdefault("epoch", list(getattr(history, "epoch", range(len(next(iter(columns.values()), []))))))
-    elif isinstance(history, Mapping):
-        columns = {k: list(v) for k, v in history.items()}
-    elif isinstance(history, (str, os.PathLike)):
-        path = os.fspath(history)
-        csv_path = os.path.join(path, HISTORY_CSV) if files.isdir(path) else path
-        if not files.exists(csv_path):
-            raise FileNotFoundError(f"no history at {csv_path}: train first, or pass a history.csv")
-        columns = _rows_to_columns(read_history_csv(csv_path))
-    elif isinstance(history, Sequence):
-        columns = _rows_to_columns(history)
-    else:
-        raise TypeError(f"cannot read a history from {type(history).__name__}; pass a keras History, "
-                        "a dict of lists, a list of rows, a history.csv path or a model_dir")
-    if not columns or not any(len(v) for v in columns.values()):
-        raise ValueError("the history is empty: no epoch has finished yet")
-    length = max(len(v) for v in columns.values())
-    columns.setdefault("epoch", list(range(length)))
-    return {k: np.array([_to_float(x) for x in v], dtype=np.float64) for k, v in columns.items()}
-
-
-def _rows_to_columns(rows) -> dict[str, list]:
-    columns: dict[str, list] = {}
-    for row in rows:
-        for key, value in row.items():
-            columns.setdefault(key, []).append(value)
-    return columns
-
-
-def _to_float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _new_figure(width: float, height: float) -> Figure:

@@ -33,8 +33,8 @@ def main(out, loss, head, model_dir):
     single = Trainer(config, verbose=False, strategy=tf.distribute.OneDeviceStrategy(devices[0]))
     mirrored = Trainer(config, verbose=False, strategy=tf.distribute.MirroredStrategy(devices))
     mirrored.model.set_weights(single.model.get_weights())
-    mirrored.centres.set_weights(single.centres.get_weights())
-    centres_before = single.centres.get_weights()[0].copy()
+    mirrored.task.centres.set_weights(single.task.centres.get_weights())
+    centres_before = single.task.centres.get_weights()[0].copy()
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
     labels = rng.integers(0, 7, 16).astype(np.int32)
@@ -43,7 +43,7 @@ def main(out, loss, head, model_dir):
         loss_value, correct = trainer.train_on_batch(images, labels)
         results[f"{name}_loss"], results[f"{name}_correct"] = loss_value, correct
         results[f"{name}_replicas"] = trainer.replicas
-        results[f"{name}_centres"] = trainer.centres.get_weights()[0]
+        results[f"{name}_centres"] = trainer.task.centres.get_weights()[0]
         for i, weight in enumerate(trainer.model.get_weights()):
             results[f"{name}_weight{i}"] = weight
 
@@ -51,7 +51,7 @@ def main(out, loss, head, model_dir):
     # a batch of the training pipeline through the rounded graph.
     for name, trainer in (("single", single), ("mirrored", mirrored)):
         trainer.enter_int8_aware(trainer.stages[0], epoch=1, fresh=True)
-        ranges = trainer._int8_aware.ranges()
+        ranges = trainer.int8_aware.model.ranges()
         results[f"{name}_int8_range_names"] = np.array(sorted(ranges))
         results[f"{name}_int8_ranges"] = np.array([ranges[key] for key in sorted(ranges)], np.float64)
     stage = single.stages[0]

@@ -50,5 +50,5 @@ except TrainingInterrupted as stopped:
     print(f"worker {task}: {stopped}")
     sys.exit(128 + stopped.signal_number)
 np.savez(out, *[np.asarray(w) for w in trainer.model.get_weights()], top1=report["top1"],
-         iterations=int(trainer._optimizer_steps().numpy()))
+         iterations=int(trainer.optimizer_steps().numpy()))
 print(f"worker {task} done: chief={trainer.chief}")

@@ -87,7 +87,7 @@ def test_resume_after_damage_retrains_the_lost_epoch(run_copy):
     config, _ = load_run(run_copy)
     trainer = Trainer(config, verbose=False)
     trainer.fit(validate=False)
-    assert trainer.resumed_from.endswith("ckpt-1")
+    assert trainer.state.resumed_from.endswith("ckpt-1")
     files = _files(checkpoints)
     assert f"{DATA}.damaged-1" in files and DATA in files
     assert unreadable_reason(os.path.join(checkpoints, "ckpt-2")) is None
@@ -164,6 +164,6 @@ def test_a_garbage_state_file_is_kept_aside_and_training_resumes(run_copy):
         f.write(np.random.default_rng(3).integers(0, 256, 300, dtype=np.uint8).tobytes())
     config, _ = load_run(run_copy)
     trainer = Trainer(config, verbose=False)
-    assert trainer.restore_for_eval() and trainer.resumed_from.endswith("ckpt-2")
+    assert trainer.restore_for_eval() and trainer.state.resumed_from.endswith("ckpt-2")
     assert "checkpoint.damaged-1" in os.listdir(checkpoints)
-    assert [os.path.basename(p) for p in trainer.manager.checkpoints] == ["ckpt-1", "ckpt-2"]
+    assert [os.path.basename(p) for p in trainer.state.manager.checkpoints] == ["ckpt-1", "ckpt-2"]

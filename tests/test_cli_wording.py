@@ -90,7 +90,7 @@ def test_library_errors_name_arguments_and_the_command_line_words_them_as_flags(
     from efficientnet_tf.models.configs import get_config
     from efficientnet_tf.models.weights import fetch_imagenet_weights
 
-    monkeypatch.setattr(sources, "_can_download", lambda *args, **kwargs: False)
+    monkeypatch.setattr("efficientnet_tf.data.sources.tfds._can_download", lambda *args, **kwargs: False)
     with pytest.raises(FileNotFoundError) as not_prepared:
         sources.get_source("tf_flowers", str(tmp_path / "tfds"))
     assert str(not_prepared.value).endswith("bring DIR here and pass data_dir=DIR, or train offline on the dataset "

@@ -110,7 +110,7 @@ def test_negative_augmentation_knob_is_rejected():
 
 
 def test_tfds_path_with_mock_data_and_two_replicas(monkeypatch, two_cpu_strategy, tmp_path):
-    monkeypatch.setattr(data_lib, "_can_download", lambda *a, **k: True)
+    monkeypatch.setattr("efficientnet_tf.data.sources.tfds._can_download", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=64, data_dir=str(tmp_path)):
         source = get_source("cifar10", data_dir=str(tmp_path))
         # Class count and names come from the TFDS metadata, not from a table of ours.
@@ -134,7 +134,7 @@ def test_tfds_path_with_mock_data_and_two_replicas(monkeypatch, two_cpu_strategy
 def test_unprepared_tfds_dataset_fails_fast_offline(monkeypatch, tmp_path):
     import time
 
-    monkeypatch.setattr(data_lib, "_can_download", lambda *a, **k: False)
+    monkeypatch.setattr("efficientnet_tf.data.sources.tfds._can_download", lambda *a, **k: False)
     start = time.time()
     with pytest.raises(FileNotFoundError) as err:
         get_source("cifar10", data_dir=str(tmp_path))
@@ -223,7 +223,7 @@ def test_selective_search_images_are_eval_crops_of_training_images_in_a_seeded_s
     """int8_selective's search measures agreement on training images as the deployed model sees
     them. A folder's training split is in class order: unshuffled, its first images are one
     class's; shuffled, they are a seeded mix, each the eval crop of a training image."""
-    from efficientnet_tf.deploy.export import _take_images
+    from efficientnet_tf.deploy.calibration import _take_images
 
     _write_folder(tmp_path, classes=("a", "b", "c"), per_class=8)
     source = get_source(f"folder:{tmp_path}", validation_fraction=0.25)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from efficientnet_tf.data import pixels
-from efficientnet_tf.deploy.export import export_saved_model
+from efficientnet_tf.deploy.saved_model import export_saved_model
 from efficientnet_tf.deploy.predict import Predictor
 
 SIZE = 32

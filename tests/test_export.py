@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from efficientnet_tf.deploy import export
+from efficientnet_tf import files
+from efficientnet_tf.deploy import calibration, export
 from efficientnet_tf.data.pipeline import preprocess_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +49,7 @@ def test_saved_model_matches_keras_with_ema_weights(exported):
     model, info = export.load_trained_model(model_dir)
     raw, _ = export.load_trained_model(model_dir, use_ema=False)
     assert report["ema"] and info["ema"]
-    images, _ = export.pipeline_images(model_dir, 16, training=False)
+    images, _ = calibration.pipeline_images(model_dir, 16, training=False)
     expected = tf.nn.softmax(model(images, training=False)).numpy()
     assert np.abs(expected - tf.nn.softmax(raw(images, training=False)).numpy()).max() > 1e-4  # EMA != raw
     loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model"))
@@ -94,7 +95,7 @@ def test_tflite_files_run_and_report_agreement(exported):
     assert int8["size_bytes"] < 0.4 * float32["size_bytes"]
     # The runner itself: float TFLite gives the Keras probabilities.
     model, _ = export.load_trained_model(model_dir)
-    images, _ = export.pipeline_images(model_dir, 8, training=False)
+    images, _ = calibration.pipeline_images(model_dir, 8, training=False)
     runner = export.TFLiteRunner(os.path.join(export_dir, "model_float32.tflite"))
     np.testing.assert_allclose(runner(images), tf.nn.softmax(model(images)).numpy(), atol=1e-4)
 
@@ -110,10 +111,10 @@ def test_replace_directory_keeps_the_previous_directory_on_failure_and_sets_it_a
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        export.replace_directory(failing_build, str(destination))
+        files.replace_directory(failing_build, str(destination))
     assert os.listdir(destination) == ["good.txt"] and sorted(os.listdir(tmp_path)) == ["export"]
 
-    path, moved = export.replace_directory(lambda path: open(os.path.join(path, "new.txt"), "w").close(),
+    path, moved = files.replace_directory(lambda path: open(os.path.join(path, "new.txt"), "w").close(),
                                            str(destination))
     assert os.listdir(destination) == ["new.txt"] and moved == f"{destination}.replaced-1"
     assert (tmp_path / "export.replaced-1" / "good.txt").read_text() == "previous export"  # renamed, not deleted
@@ -351,7 +352,7 @@ def test_onnx_export_matches_keras(exported):
     assert entry["max_abs_prob_diff"] <= 1e-4 and entry["eval_agreement"] == 1.0 and entry["agreement"] == 1.0
     assert {o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx")} == {18}
     model, _ = export.load_trained_model(model_dir)
-    images, _ = export.pipeline_images(model_dir, 16, training=False)
+    images, _ = calibration.pipeline_images(model_dir, 16, training=False)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"images": images})
     np.testing.assert_allclose(out, tf.nn.softmax(model(images)).numpy(), atol=1e-4)
@@ -367,7 +368,7 @@ def test_agreement_counts_every_image_and_top1_only_the_eval_split(exported):
     source = config.load_source("skip")
     check = export.check_images_of(source, 32, 0, count=0)
     assert len(check.images) == len(load_digits().images) == 1797
-    eval_images, eval_labels = export.pipeline_images(model_dir, 10**9, training=False)
+    eval_images, eval_labels = calibration.pipeline_images(model_dir, 10**9, training=False)
     assert check.num_eval == len(eval_images) == 360
     np.testing.assert_array_equal(check.images[:360], eval_images)
     np.testing.assert_array_equal(check.eval_labels, eval_labels)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf.deploy import export
+from efficientnet_tf.deploy import calibration, export
 from efficientnet_tf.training import TrainConfig, Trainer
 
 
@@ -33,7 +33,7 @@ def _train_and_export(model_dir, **overrides):
         evaluated = json.load(f)
     report = export.export_run(model_dir, export_dir=os.path.join(model_dir, "export"), tflite=["float32"],
                                check_images=0)
-    images, labels = export.pipeline_images(model_dir, 10**9, training=False)
+    images, labels = calibration.pipeline_images(model_dir, 10**9, training=False)
     assert len(labels) == evaluated["images"]
     loaded = tf.saved_model.load(os.path.join(model_dir, "export", "saved_model"))
     probabilities = np.concatenate([

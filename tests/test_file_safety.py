@@ -132,8 +132,8 @@ def test_replotting_a_run_rewrites_only_its_own_figures(run_copy):
 
 
 def test_tflite_files_written_into_a_folder_set_aside_the_ones_there(tmp_path):
-    from efficientnet_tf.deploy.export import export_tflite
-    from efficientnet_tf.models.builder import build_model
+    from efficientnet_tf.deploy.tflite import export_tflite
+    from efficientnet_tf.models.factory import build_model
 
     model = build_model("efficientnet-lite0", num_classes=3, input_shape=(32, 32, 3), weights=None,
                         classifier_activation=None)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from efficientnet_tf.data import image_io
-from efficientnet_tf.deploy.export import ServingModule
+from efficientnet_tf.deploy.serving import ServingModule
 from efficientnet_tf.data.pipeline import preprocess_eval
 
 ORIENTATION = 0x0112

@@ -44,24 +44,74 @@ def _layer(module: str) -> int | None:
 
 
 MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+PLOTS = ("efficientnet_tf.plots", "efficientnet_tf.plots_history")  # the figures, and the history they read
 
 
 @pytest.mark.parametrize("module", sorted(set(MODULES) - {"efficientnet_tf"}))  # the root re-exports the API
 def test_imports_point_down(module):
     own = _layer(module)
     for target in _imports(MODULES[module]) - BASE - {module}:
-        if module == "efficientnet_tf.plots":
+        if module in PLOTS:
             # The run directory, and the numpy verification metrics its ROC plot labels (no loop, no model).
-            assert target in ("efficientnet_tf.training.rundir", "efficientnet_tf.training.verification"), \
+            assert target in ("efficientnet_tf.training.rundir", "efficientnet_tf.training.verification") + PLOTS, \
                 f"plots imports {target}: only the run directory and the verification metrics"
             continue
-        if target == "efficientnet_tf.plots":  # drawn at the end of training, by replot and by the export
-            assert module in ("efficientnet_tf.training.loop", "efficientnet_tf.training.report",
-                              "efficientnet_tf.deploy.export"), module
+        if target in PLOTS:  # drawn by the trainer's plots hook and replot (training.report), and the export
+            assert module in ("efficientnet_tf.training.report", "efficientnet_tf.deploy.export"), module
             continue
         target_layer = _layer(target)
         assert own is not None and target_layer is not None, f"{module} imports {target}"
         assert target_layer <= own, f"{module} ({LAYERS[own]}) imports {target} ({LAYERS[target_layer]}): upward"
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_modules_stay_small():
+    """One job a module: none of the package's modules grows past MAX_MODULE_LINES lines."""
+    sizes = {str(path.relative_to(ROOT)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    offenders = [f"{path} ({count} lines)" for path, count in sorted(sizes.items()) if count > MAX_MODULE_LINES]
+    assert offenders == [], f"modules over {MAX_MODULE_LINES} lines: {', '.join(offenders)}"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles a depth-first walk of `graph` meets, each as its modules in import order (the
+    first again at the end); none if and only if the graph has no cycle."""
+    cycles, done, path = [], set(), []
+
+    def visit(module):
+        path.append(module)
+        for target in sorted(graph[module]):
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in done:
+                visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module)
+    return cycles
+
+
+def test_no_import_cycles():
+    """No module imports one that imports it back, directly or through others, counting imports
+    inside functions. The root package is left out: it re-exports the API by name (a string map,
+    as each subpackage's `lazy_exports`, which ast does not see) and Python imports it before any
+    of its modules anyway, so a module importing a submodule from it (`from efficientnet_tf import
+    files`) imports that submodule; importing a re-exported name from it would hide the edge, so
+    that is not allowed."""
+    root = "efficientnet_tf"
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if module != root and isinstance(node, ast.ImportFrom) and node.module == root:
+                hidden = [alias.name for alias in node.names if f"{root}.{alias.name}" not in MODULES]
+                assert hidden == [], f"{module} imports {hidden} from {root}: import from the module that defines it"
+    graph = {module: (_imports(path) & set(MODULES)) - {module, root} for module, path in MODULES.items()
+             if module != root}
+    cycles = _cycles(graph)
+    assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
 
 
 def _import_statements():

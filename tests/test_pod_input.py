@@ -296,7 +296,7 @@ def test_a_run_directory_in_a_bucket_works_as_a_local_one(tmp_path):
 
     resumed = Trainer(TrainConfig.from_settings(model_dir=bucket, **dict(settings, epochs=3)), verbose=False)
     resumed.fit(validate=False)
-    assert resumed.resumed_from == f"{bucket}/checkpoints/ckpt-2" and len(read_history(bucket)) == 3
+    assert resumed.state.resumed_from == f"{bucket}/checkpoints/ckpt-2" and len(read_history(bucket)) == 3
     tf.io.gfile.remove(f"{bucket}/checkpoints/ckpt-3.data-00000-of-00001")
     with tf.io.gfile.GFile(f"{bucket}/checkpoints/ckpt-3.data-00000-of-00001", "wb") as f:
         f.write(b"")  # damaged: zero length

@@ -2,8 +2,8 @@
 
 import pytest
 
-from efficientnet_tf.deploy.quantization import (GraphOp, LayerError, keras_layer_name, kept_float_summary,
-                                                 selective_int8)
+from efficientnet_tf.deploy.int8_search import kept_float_summary, selective_int8
+from efficientnet_tf.deploy.quantization import GraphOp, LayerError, keras_layer_name
 
 
 class KnownCalibration:

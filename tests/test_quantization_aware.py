@@ -11,8 +11,8 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from sklearn.datasets import load_digits
 
-from efficientnet_tf.deploy.export import convert_tflite
-from efficientnet_tf.models.builder import build_model
+from efficientnet_tf.deploy.tflite import convert_tflite
+from efficientnet_tf.models.factory import build_model
 from efficientnet_tf.models.scopes import dtype_policy
 from efficientnet_tf.settings import SettingError
 from efficientnet_tf.training import TrainConfig, Trainer
@@ -111,7 +111,7 @@ def test_int8_aware_epochs_freeze_bn_restart_the_average_and_train(tmp_path):
     moved = sum(not np.allclose(after[path], averaged[path]) for path in kernels)
     assert moved == len(kernels)
     assert int(trainer.ema.num_updates.numpy()) == 2  # restarted: the aware epoch's 2 steps alone
-    assert int(trainer.epoch.numpy()) == 2
+    assert int(trainer.state.epoch.numpy()) == 2
 
 
 def test_quantization_aware_epochs_must_leave_epochs_to_train():

@@ -242,11 +242,11 @@ def test_softmax_baseline_classifies_the_embedding_before_its_unit_normalization
     here against a model built without the normalization and numpy's matmul."""
     trainer = Trainer(TrainConfig.from_settings(**{**QUICK, "loss": "softmax"}, model_dir=str(tmp_path)), verbose=False)
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    logits, predicted = trainer._logits(tf.constant(images), tf.zeros([4], tf.int32), training=False)
+    logits, predicted = trainer.task.forward(tf.constant(images), tf.zeros([4], tf.int32), training=False)
     unnormalized = build_model("efficientnet-b0", include_top=False, embedding_dim=64, input_shape=(32, 32, 3),
                                l2_normalize_embedding=False)
     unnormalized.set_weights(trainer.model.get_weights())
-    centres, bias = trainer.centres.get_weights()
+    centres, bias = trainer.task.centres.get_weights()
     raw = unnormalized(images).numpy()
     np.testing.assert_allclose(logits.numpy(), raw @ centres + bias, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(predicted.numpy(), logits.numpy())
@@ -324,7 +324,9 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
 
     # The report is what the metrics give on the exported (EMA) model's embeddings of the held-out
     # images, computed here outside the Trainer's distributed evaluation.
-    from efficientnet_tf.deploy.export import TFLiteRunner, load_trained_model, pipeline_images
+    from efficientnet_tf.deploy.calibration import pipeline_images
+    from efficientnet_tf.deploy.export import load_trained_model
+    from efficientnet_tf.deploy.tflite import TFLiteRunner
 
     model, _ = load_trained_model(str(run))
     images, labels = pipeline_images(str(run), 10**6, training=False)
@@ -350,11 +352,11 @@ def test_cli_trains_evaluates_and_exports_an_embedding_run(tmp_path):
     # The class centres are in the checkpoint: a new Trainer restores them (not fresh ones).
     config, _ = load_run(str(run))
     trainer = Trainer(config, verbose=False)
-    fresh = trainer.centres.get_weights()[0].copy()
+    fresh = trainer.task.centres.get_weights()[0].copy()
     assert trainer.restore_for_eval()
     reader = tf.train.load_checkpoint(str(run / "checkpoints"))
     (key,) = [k for k in reader.get_variable_to_shape_map() if k.startswith("centres/") and "OPTIMIZER" not in k]
-    np.testing.assert_array_equal(trainer.centres.get_weights()[0], reader.get_tensor(key))
+    np.testing.assert_array_equal(trainer.task.centres.get_weights()[0], reader.get_tensor(key))
     assert not np.allclose(fresh, reader.get_tensor(key))
 
     # One CLI export, float16 and int8. int8 of an embedding: its output is still the normalised
@@ -418,7 +420,7 @@ def test_nearest_neighbours_leave_the_image_itself_out():
 
 
 def test_embedding_graphs_for_tflite_are_normalised_except_for_int16x8():
-    from efficientnet_tf.deploy.export import probability_model
+    from efficientnet_tf.deploy.saved_model import probability_model
 
     model = build_model("efficientnet-lite0", include_top=False, input_shape=(32, 32, 3), embedding_dim=16)
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
@@ -435,7 +437,7 @@ def test_an_exported_embedding_that_collapses_to_zero_is_measured_not_failed(tmp
     """A quantized embedding can come out all zero for some images: the export report counts those
     rows, scores them as cosine 0, no neighbour and retrieval misses (numpy reference below), and
     still measures the format."""
-    from efficientnet_tf.deploy.export import embedding_report
+    from efficientnet_tf.deploy.reports import embedding_report
 
     rng = np.random.default_rng(5)
     centres = rng.normal(size=(4, 6))

@@ -41,7 +41,7 @@ def test_extending_a_finished_run_continues_from_the_lr_it_reached(tmp_path, cap
     resume_step = 2 * STEPS
     # The 4-epoch schedule would have gone on at 0.97^-36 = 3x the LR reached: the extension starts there.
     assert paper_lr(resume_step + 1, epochs=4) > 2.9 * reached
-    first_step_lr = float(trainer.schedule(resume_step))
+    first_step_lr = float(trainer.lr.schedule(resume_step))
     assert first_step_lr == pytest.approx(reached, rel=1e-5)
     # From the LR reached, geometrically to the 4-epoch schedule's end (as low as the reached one,
     # the papers' shape ends at the same share of the peak at any length), at each epoch's end.

@@ -41,7 +41,7 @@ def test_allowed_changes_resume_and_are_recorded(run_copy):
     stored, info = load_run(run_copy)
     trainer = Trainer(stored.replace(epochs=3, learning_rate=0.004, keep_checkpoints=5), verbose=False)
     trainer.fit(validate=False)
-    assert trainer.resumed_from.endswith("ckpt-2")
+    assert trainer.state.resumed_from.endswith("ckpt-2")
     assert [int(row["epoch"]) for row in read_history(run_copy)] == [0, 1, 2]
     resumes = json.loads(open(os.path.join(run_copy, "run.json")).read())["resumes"]
     assert len(resumes) == 1
@@ -60,7 +60,7 @@ def test_overwrite_sets_the_old_run_aside_and_starts_afresh(run_copy):
     # The new run's checkpoint list is its own (not the old run's ckpt-2 carried over).
     assert sorted(os.listdir(os.path.join(run_copy, "checkpoints"))) == [
         "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
-    assert [os.path.basename(p) for p in trainer.manager.checkpoints] == ["ckpt-1"]
+    assert [os.path.basename(p) for p in trainer.state.manager.checkpoints] == ["ckpt-1"]
 
 
 def test_a_value_equal_to_what_the_run_resolved_to_is_the_same_run(run_copy):

@@ -84,8 +84,8 @@ def test_run_trains_at_the_training_size_and_records_both(tmp_path):
     train_images, _ = trainer.augmented_batch(count=4)
     assert train_images.shape == (4, 32, 32, 3)
     passes = []
-    evaluate = trainer.evaluate
-    trainer.evaluate = lambda *args, **kwargs: passes.append(kwargs) or evaluate(*args, **kwargs)
+    evaluate = trainer.task.evaluate  # every evaluation of the run goes through its task
+    trainer.task.evaluate = lambda *args, **kwargs: passes.append(kwargs) or evaluate(*args, **kwargs)
     report = trainer.fit()
     # One pass over the eval split: the last epoch's validation is the final report (confusion included).
     assert passes == [{"confusion": True}]

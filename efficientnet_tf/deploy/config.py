@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from efficientnet_tf.settings import SettingError, check_choices, setting
 
 TFLITE_QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")  # one converter run each
-# int8_selective: int8 with a dynamic-range head or a float tail (searched for; deploy/quantization.py).
+# int8_selective: int8 with a dynamic-range head or a float tail (searched for; deploy/int8_search.py).
 TFLITE_FORMATS = TFLITE_QUANTIZATIONS + ("int8_selective",)
 SELECTIVE_SEARCHES = ("dynamic_head", "float_tail")
 INTEGER_IO = ("uint8", "int8")

@@ -1,48 +1,45 @@
 """Export a trained run: SavedModel with serving signatures, TFLite (float and quantized), ONNX,
 and the agreement of each with the float model.
 
-The SavedModel takes float images 0..255 at the model's size (`serving_default`) or encoded
-JPEG/PNG bytes (`serving_bytes`, decoded, cropped and resized in the graph exactly as the eval
-pipeline does), and returns probabilities plus the top-k class ids and names. An export is built
-next to its destination and moved in at the end (`deploy.destination`: what may be written where,
-and how a re-export keeps the files it does not rewrite).
+An export is built next to its destination and moved in at the end (`deploy.destination`: what
+may be written where, and how a re-export keeps the files it does not rewrite). This module loads
+the run's model and writes each format into the export, recording a format whose conversion
+fails; the formats are `deploy.saved_model`, `deploy.tflite` (int8 and int8_selective:
+`deploy.quantization`, `deploy.int8_search`) and `deploy.onnx`, the images they calibrate and are
+checked on `deploy.calibration`, their comparison with the float model `deploy.reports`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.data.pipeline import CALIBRATION_IMAGES, PipelineConfig, make_dataset
-from efficientnet_tf.data.sources import EMBEDDING_ONLY_SOURCES
+from efficientnet_tf.data.pipeline import CALIBRATION_IMAGES
+from efficientnet_tf._lazy import moved_names
+from efficientnet_tf.deploy.calibration import SEARCH_IMAGES, _calibration_source, _take_images, check_images_of
 from efficientnet_tf.deploy.destination import ExportDestination
-from efficientnet_tf.deploy.config import (INTEGER_IO, ONNX_OPSET, TFLITE_QUANTIZATIONS, ExportConfig, keep_float_layers,
-                                          require_onnx)
-from efficientnet_tf.deploy.serving import SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
-from efficientnet_tf.files import atomic_write, move_aside, replace_directory
-from efficientnet_tf.models.builder import build_model, functional_model
+from efficientnet_tf.deploy.config import ONNX_OPSET, TFLITE_QUANTIZATIONS, ExportConfig, keep_float_layers
+from efficientnet_tf.deploy.onnx import convert_onnx
+from efficientnet_tf.deploy.reports import _predict, agreement_report, embedding_report
+from efficientnet_tf.deploy.saved_model import _FloatSavedModels, export_saved_model, is_embedding_model
+from efficientnet_tf.deploy.tflite import NEEDS_REPRESENTATIVE_DATA, TFLiteRunner, convert_saved_model
+from efficientnet_tf.files import atomic_write
+from efficientnet_tf.models.factory import build_model
 from efficientnet_tf.models.official import resolve_weights
 from efficientnet_tf.models.scopes import dtype_policy
-from efficientnet_tf.settings import SettingError
 from efficientnet_tf.training.checkpoints import restore_newest_readable
 from efficientnet_tf.training.ema import WeightAverage
 from efficientnet_tf.training.rundir import RunDir, load_run
 
 log = logging.getLogger(__name__)
 
-NEEDS_REPRESENTATIVE_DATA = ("int8", "int16x8", "int8_selective")
-SEARCH_IMAGES = 2000  # training images int8_selective's search measures agreement on
-MAX_CHECK_BYTES = 4 << 30  # check_images=0 holds every image in memory: fine for digits, not for ImageNet
 LAYER_ERRORS_PNG = "int8_layer_errors.png"
 
 
@@ -74,412 +71,6 @@ def load_trained_model(model_dir: str, use_ema: bool = True) -> tuple[keras.Mode
         ema.swap()
     info = dict(info, checkpoint=latest, ema=bool(ema is not None and use_ema))
     return model, info
-
-
-def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequence[str], image_size: int,
-                       top_k: int = 5, crop_padding: int = 32, metadata: dict | None = None,
-                       logits: bool = True) -> str:
-    """Write the SavedModel (+ `labels.txt`, `export.json`) to export_dir, built aside and moved
-    in whole; anything already at export_dir is renamed `<export_dir>.replaced-N`, not deleted."""
-    module = ServingModule(model, class_names, image_size, top_k, crop_padding, logits=logits,
-                           embedding=is_embedding_model(model))
-
-    def build(path):
-        tf.saved_model.save(module, path, signatures={SIGNATURE_IMAGES: module.serve_images,
-                                                      SIGNATURE_BYTES: module.serve_bytes})
-        if not module.embedding:  # an embedding model's training identities are not its outputs
-            with open(os.path.join(path, "labels.txt"), "w") as f:
-                f.write("\n".join(str(n) for n in class_names) + "\n")
-        with open(os.path.join(path, "export.json"), "w") as f:
-            json.dump(dict(metadata or {}, image_size=image_size, top_k=module.top_k,
-                           outputs=["embedding"] if module.embedding else ["probabilities", "top_k_ids",
-                                                                            "top_k_probabilities", "top_k_names"],
-                           signatures=[SIGNATURE_IMAGES, SIGNATURE_BYTES]), f, indent=2)
-
-    path, moved = replace_directory(build, export_dir)
-    if moved:
-        log.warning("%s held something: kept as %s", path, moved)
-    return path
-
-
-def is_embedding_model(model: keras.Model) -> bool:
-    """Whether `model` ends in a recognition embedding (`build_model(embedding_dim=...)`)."""
-    return any(layer.name == "embedding" for layer in model.layers)
-
-
-def probability_model(model: keras.Model, normalized: bool = True) -> keras.Model:
-    """Logits model -> probabilities (float32): the graph TFLite and ONNX convert. An embedding
-    model is converted as it is (the L2-normalised embedding: a unit vector quantizes well), or
-    with `normalized=False` up to its embedding before the normalization, which int16x8 needs
-    (TFLite has no 16-bit kernel for the normalization's SQUARE op)."""
-    if is_embedding_model(model):
-        if normalized or "embedding_l2" not in {layer.name for layer in model.layers}:
-            return model
-        unnormalized = model.get_layer("embedding_l2").input
-        return functional_model(model.input, unnormalized, f"{model.name}_embedding", max_layers=len(model.layers))
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(model.output)
-    return functional_model(model.input, outputs, f"{model.name}_probabilities", max_layers=len(model.layers) + 1)
-
-
-def _check_format(quantization: str, integer_io: str) -> None:
-    if quantization not in TFLITE_QUANTIZATIONS:
-        raise SettingError("tflite", f"unknown TFLite quantization {quantization!r}; choose from "
-                           f"{', '.join(TFLITE_QUANTIZATIONS)}")
-    if integer_io not in INTEGER_IO:
-        raise SettingError("int8_io", f"integer_io must be one of {', '.join(INTEGER_IO)}, got {integer_io!r}")
-
-
-def export_float_saved_model(model: keras.Model, path: str, quantization: str | None = None) -> str:
-    """The probability model as a plain SavedModel: what the TFLite and ONNX converters read
-    (for `quantization` int16x8, an embedding model's unnormalised embedding)."""
-    probability_model(model, normalized=quantization != "int16x8").export(path, format="tf_saved_model", verbose=False)
-    return path
-
-
-class _FloatSavedModels:
-    """The float SavedModel each TFLite format converts from, written once per kind in `root`."""
-
-    def __init__(self, model: keras.Model, root: str):
-        self.model, self.root, self.paths = model, root, {}
-
-    def __call__(self, quantization: str | None = None) -> str:
-        kind = "unnormalized" if quantization == "int16x8" and is_embedding_model(self.model) else "default"
-        if kind not in self.paths:
-            self.paths[kind] = export_float_saved_model(self.model, os.path.join(self.root, kind), quantization)
-        return self.paths[kind]
-
-
-def convert_tflite(model: keras.Model, quantization: str, representative_images: Iterable | None = None,
-                   integer_io: str = "uint8") -> bytes:
-    """One TFLite flatbuffer of `model` (logits out; the file outputs probabilities)."""
-    _check_format(quantization, integer_io)
-    with tempfile.TemporaryDirectory() as tmp:
-        return convert_saved_model(export_float_saved_model(model, tmp, quantization), quantization,
-                                   representative_images, integer_io)
-
-
-def convert_saved_model(saved_model_dir: str, quantization: str, representative_images: Iterable | None = None,
-                        integer_io: str = "uint8") -> bytes:
-    """One TFLite flatbuffer from a float SavedModel (`export_float_saved_model`).
-
-    int8: full-integer ops with `integer_io` (uint8|int8) input and output; int16x8: 16-bit
-    activations, 8-bit weights, float I/O. Both calibrate on `representative_images`
-    (float 0..255, one image or a batch per item).
-    """
-    _check_format(quantization, integer_io)
-    if quantization in NEEDS_REPRESENTATIVE_DATA and representative_images is None:
-        raise ValueError(f"{quantization} quantization needs representative images (from the training pipeline)")
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-    if quantization != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantization == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if quantization in NEEDS_REPRESENTATIVE_DATA:
-        images = list(representative_images)
-
-        def representative():
-            for image in images:
-                image = np.asarray(image, np.float32)
-                yield [image if image.ndim == 4 else image[None]]
-
-        converter.representative_dataset = representative
-    if quantization == "int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8 if integer_io == "uint8" else tf.int8
-        converter.inference_output_type = converter.inference_input_type
-    if quantization == "int16x8":
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    return converter.convert()
-
-
-class TFLiteRunner:
-    """Runs a .tflite file with the LiteRT interpreter, quantizing inputs and dequantizing
-    outputs as the model's I/O types require; images are float 0..255."""
-
-    def __init__(self, model_path_or_content, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        if isinstance(model_path_or_content, (bytes, bytearray)):
-            self.interpreter = Interpreter(model_content=bytes(model_path_or_content), num_threads=num_threads)
-        else:
-            self.interpreter = Interpreter(model_path=os.fspath(model_path_or_content), num_threads=num_threads)
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self._batch = None
-
-    def __call__(self, images) -> np.ndarray:
-        images = np.asarray(images, np.float32)
-        if images.shape[0] != self._batch:
-            self.interpreter.resize_tensor_input(self.input["index"], list(images.shape))
-            self.interpreter.allocate_tensors()
-            self.input = self.interpreter.get_input_details()[0]
-            self.output = self.interpreter.get_output_details()[0]
-            self._batch = images.shape[0]
-        dtype = self.input["dtype"]
-        if dtype in (np.uint8, np.int8, np.int16):
-            scale, zero_point = self.input["quantization"]
-            info = np.iinfo(dtype)
-            images = np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(dtype)
-        self.interpreter.set_tensor(self.input["index"], images)
-        self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self.output["index"])
-        if out.dtype in (np.uint8, np.int8, np.int16):
-            scale, zero_point = self.output["quantization"]
-            out = (out.astype(np.float32) - zero_point) * scale
-        return out
-
-    @property
-    def io_types(self) -> str:
-        return f"{np.dtype(self.input['dtype']).name} in / {np.dtype(self.output['dtype']).name} out"
-
-
-class OnnxRunner:
-    """Runs a .onnx file with onnxruntime (CPU); images float 0..255 in, probabilities out."""
-
-    io_types = "float32 in / float32 out"
-
-    def __init__(self, model_path_or_content):
-        import onnxruntime
-
-        content = model_path_or_content
-        if not isinstance(content, (bytes, bytearray)):
-            content = os.fspath(content)
-        self.session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, images) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.asarray(images, np.float32)})[0]
-
-
-def convert_onnx(model: keras.Model, image_size: int, opset: int = ONNX_OPSET) -> bytes:
-    """The probability model as ONNX (tf2onnx): input `images` (batch, size, size, 3) float 0..255."""
-    require_onnx()
-    import tf2onnx
-
-    probabilities = probability_model(model)
-    signature = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="images"),)
-    function = tf.function(lambda images: probabilities(images, training=False))
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
-    return proto.SerializeToString()
-
-
-def export_tflite(model: keras.Model, export_dir: str, quantizations: Sequence[str] = TFLITE_QUANTIZATIONS,
-                  representative_images: Iterable | None = None, integer_io: str = "uint8") -> dict[str, str]:
-    """Write `model_<quantization>.tflite` files into export_dir (each written to a temporary
-    file, then renamed; a file already there is kept as `<name>.replaced-N`); returns
-    {quantization: path}."""
-    for quantization in quantizations:
-        _check_format(quantization, integer_io)
-    os.makedirs(export_dir, exist_ok=True)
-    images = list(representative_images) if representative_images is not None else None
-    paths = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        float_models = _FloatSavedModels(model, tmp)
-        for quantization in quantizations:
-            content = convert_saved_model(float_models(quantization), quantization, images, integer_io)
-            paths[quantization] = os.path.join(export_dir, f"model_{quantization}.tflite")
-            if os.path.lexists(paths[quantization]):
-                log.warning("%s existed: kept as %s", paths[quantization], move_aside(paths[quantization], "replaced"))
-            atomic_write(paths[quantization], content)
-    return paths
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckImages:
-    """The images an exported model is compared with the float model on. Agreement is model vs
-    model and needs no labels, so it uses every image there is: the eval split first, then
-    training images (eval preprocessing). Top-1 against labels uses the eval images only."""
-
-    images: np.ndarray  # float 0..255; the first `num_eval` are the eval split
-    num_eval: int
-    eval_labels: np.ndarray | None  # None: another dataset's images, whose labels mean nothing here
-
-
-def check_images_of(source, image_size: int, seed: int | None, count: int = 0, labels: bool = True) -> CheckImages:
-    """Up to `count` images (0: all) of `source`: eval split, then training split."""
-    if not count:  # "all" is for small datasets: the images are held in memory
-        known = None if source.num_eval is None or source.num_train is None else source.num_eval + source.num_train
-        if known is None or known * image_size * image_size * 3 * 4 > MAX_CHECK_BYTES:
-            what = f"{known:,} images" if known else "every image of a dataset of unknown size"
-            raise SettingError("check_images", f"check_images=0 would hold {what} of {image_size}x{image_size} in "
-                               f"memory (more than {MAX_CHECK_BYTES >> 30} GB); give a count, e.g. 2000")
-    wanted = count or 10**9
-    images, eval_labels = _take_images(source, image_size, seed, wanted, training=False)
-    num_eval = len(images)
-    if num_eval < wanted:
-        train_images, _ = _take_images(source, image_size, seed, wanted - num_eval, training=False, split="train")
-        images = np.concatenate([images, train_images])
-    return CheckImages(images, num_eval, eval_labels if labels else None)
-
-
-def _predict(predict: Callable, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    return np.concatenate([np.asarray(predict(images[i:i + batch_size]), np.float32)
-                           for i in range(0, len(images), batch_size)])
-
-
-def batch1_latency_ms(runners: dict[str, Callable], images: np.ndarray, repeats: int = 20,
-                      rounds: int = 3) -> dict[str, float]:
-    """Median milliseconds per single-image call, the runners interleaved round by round so a
-    busy moment of the machine does not fall on one of them only."""
-    images = np.asarray(images, np.float32)
-    times = {name: [] for name in runners}
-    for runner in runners.values():
-        runner(images[:1])  # warm-up (and the batch-1 allocation)
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            for i in range(repeats):
-                runner(images[i % len(images):i % len(images) + 1])
-            times[name].append((time.perf_counter() - start) / repeats * 1e3)
-    return {name: float(np.median(values)) for name, values in times.items()}
-
-
-def agreement_report(model: keras.Model, paths: dict[str, str], images, labels=None, batch_size: int = 32,
-                     num_eval: int | None = None) -> dict[str, dict]:
-    """For each exported file (`.tflite` or `.onnx`, probabilities out): size, I/O types, top-1
-    agreement with the float Keras `model` (logits out, as `load_trained_model` gives it) on all
-    `images` and on the first `num_eval` (the eval split; default all),
-    the largest probability difference, top-1 against `labels` (of the eval images) and its
-    change from the float model, and batch-1 latency."""
-    images = np.asarray(images, np.float32)
-    num_eval = len(images) if num_eval is None else num_eval
-    reference = _predict(lambda batch: tf.nn.softmax(model.predict_on_batch(batch)), images, batch_size)
-    reference_top1 = reference.argmax(-1)
-    labels = None if labels is None else np.asarray(labels)[:num_eval]
-    runners = _runners(paths)
-    report = {}
-    for name, runner in runners.items():
-        probabilities = _predict(runner, images, batch_size)
-        top1 = probabilities.argmax(-1)
-        entry = {"size_bytes": os.path.getsize(paths[name]), "io": runner.io_types,
-                 "agreement": float(np.mean(top1 == reference_top1)), "images": int(len(images)),
-                 "eval_agreement": float(np.mean(top1[:num_eval] == reference_top1[:num_eval])),
-                 "eval_images": int(num_eval),
-                 "max_abs_prob_diff": float(np.abs(probabilities - reference).max())}
-        if labels is not None:
-            entry["top1"] = float(np.mean(top1[:num_eval] == labels))
-            entry["top1_change"] = entry["top1"] - float(np.mean(reference_top1[:num_eval] == labels))
-        report[name] = entry
-    _add_latency(report, runners, images)
-    if labels is not None:
-        # eval_images, not images: the float model's row gives top-1 on the eval split only
-        report["keras_float32"] = {"top1": float(np.mean(reference_top1[:num_eval] == labels)),
-                                   "eval_images": int(num_eval)}
-    return report
-
-
-def _runners(paths: dict[str, str]) -> dict[str, Callable]:
-    """{name: runner} for exported `.tflite` and `.onnx` files."""
-    return {name: (OnnxRunner if path.endswith(".onnx") else TFLiteRunner)(path) for name, path in paths.items()}
-
-
-def _add_latency(report: dict[str, dict], runners: dict[str, Callable], images: np.ndarray) -> None:
-    for name, latency in batch1_latency_ms(runners, images[:20]).items():
-        report[name]["latency_ms_batch1"] = latency
-
-
-def embedding_report(model: keras.Model, paths: dict[str, str], images, labels=None, batch_size: int = 32,
-                     num_eval: int | None = None) -> dict[str, dict]:
-    """`agreement_report` for an embedding model: for each exported file, size, I/O types, the
-    mean and minimum cosine similarity of its embedding to the float Keras embedding on all
-    `images` (and the mean on the first `num_eval`), the share of `images` whose nearest other
-    image is the one the float model finds (`neighbour_agreement`), leave-one-out 1-NN retrieval
-    top-1 on the first `num_eval` images by their identity `labels`, its change from the float
-    model, the queries it lost and gained against the float model's and the exact sign test's
-    p-value of that split (`retrieval_change_p`: small when the change is the format's, not a few
-    near-ties falling either way), and batch-1 latency. An exported embedding row that is zero or
-    non-finite (`zero_rows`, counted) has cosine 0 to the float one and is nobody's neighbour, so
-    it lowers every measure instead of failing the format."""
-    from efficientnet_tf.training.verification import (nearest_neighbours, paired_change_p_value, retrieval_hits,
-                                                       unit_rows)
-
-    images = np.asarray(images, np.float32)
-    num_eval = len(images) if num_eval is None else num_eval
-    reference = unit_rows(_predict(model.predict_on_batch, images, batch_size))
-    reference_neighbours = nearest_neighbours(reference)
-    labels = None if labels is None else np.asarray(labels)[:num_eval]
-    if labels is not None and (len(labels) == 0 or np.unique(labels, return_counts=True)[1].max() < 2):
-        log.warning("retrieval not measured: the %d eval images hold no identity twice (raise check_images)", len(labels))
-        labels = None
-    float_hits = None if labels is None else retrieval_hits(reference[:num_eval], labels)
-    runners = _runners(paths)
-    report = {}
-    for name, runner in runners.items():
-        embeddings = unit_rows(_predict(runner, images, batch_size), zero_rows="zero")
-        cosines = np.sum(embeddings * reference, axis=-1)
-        entry = {"size_bytes": os.path.getsize(paths[name]), "io": runner.io_types,
-                 "mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min()), "images": int(len(images)),
-                 "eval_mean_cosine": float(cosines[:num_eval].mean()), "eval_images": int(num_eval),
-                 "zero_rows": int((~embeddings.any(axis=1)).sum()),
-                 "neighbour_agreement": float(np.mean(nearest_neighbours(embeddings, zero_rows="zero")
-                                                      == reference_neighbours))}
-        if labels is not None:
-            hits = retrieval_hits(embeddings[:num_eval], labels, zero_rows="zero")
-            lost, gained = int((float_hits & ~hits).sum()), int((hits & ~float_hits).sum())
-            entry.update(retrieval_top1=float(hits.mean()), retrieval_top1_change=float(hits.mean() - float_hits.mean()),
-                         retrieval_lost=lost, retrieval_gained=gained,
-                         retrieval_change_p=paired_change_p_value(lost, gained))
-        report[name] = entry
-    _add_latency(report, runners, images)
-    if labels is not None:
-        report["keras_float32"] = {"retrieval_top1": float(float_hits.mean()), "eval_images": int(num_eval)}
-    return report
-
-
-# (heading, report key, format, width) of each column after model, size and I/O.
-CLASSIFIER_COLUMNS = (("agree", "agreement", ".4f", 7), ("images", "images", "", 7), ("eval", "eval_agreement", ".4f", 7),
-                      ("top-1", "top1", ".4f", 7), ("change", "top1_change", "+.4f", 7),
-                      ("ms/img", "latency_ms_batch1", ".2f", 8))
-EMBEDDING_COLUMNS = (("cos mean", "mean_cosine", ".5f", 8), ("cos min", "min_cosine", ".4f", 8),
-                     ("same NN", "neighbour_agreement", ".4f", 7), ("images", "images", "", 7), ("retrieval", "retrieval_top1", ".4f", 9),
-                     ("change", "retrieval_top1_change", "+.4f", 7), ("lost", "retrieval_lost", "", 5),
-                     ("gained", "retrieval_gained", "", 6), ("p", "retrieval_change_p", ".2g", 7),
-                     ("ms/img", "latency_ms_batch1", ".2f", 8))
-
-
-def format_report(report: dict[str, dict]) -> str:
-    """The report as a table: agreement on all images and on the eval split alone (images the
-    model did not train on), top-1 on the eval split and its change, batch-1 latency; for an
-    embedding model, the cosine to the float embedding (mean, minimum) on all images and the
-    held-out retrieval top-1, its change, the queries lost and gained and the change's p-value instead."""
-    embedding = any("retrieval_top1" in entry or "mean_cosine" in entry for entry in report.values())
-    columns = EMBEDDING_COLUMNS if embedding else CLASSIFIER_COLUMNS
-    lines = [f"{'model':<16} {'size':>10} {'I/O':<25} " + " ".join(f"{head:>{width}}" for head, _, _, width in columns)]
-    for name, entry in report.items():
-        size = f"{entry['size_bytes'] / 1e6:.2f} MB" if "size_bytes" in entry else "-"
-        cells = (format(entry[key], spec) if key in entry else ("" if key == "images" else "-")
-                 for _, key, spec, _ in columns)
-        lines.append(f"{name:<16} {size:>10} {entry.get('io', 'float32'):<25} "
-                     + " ".join(f"{cell:>{width}}" for cell, (_, _, _, width) in zip(cells, columns)))
-    return "\n".join(lines)
-
-
-def pipeline_images(model_dir: str, count: int, training: bool):
-    """Images (float 0..255) and labels from a run's own data pipeline: the training pipeline
-    (random crops, no RandAugment/mixup) for calibration, the eval pipeline for agreement."""
-    config, info = load_run(model_dir)
-    return _take_images(config.load_source("skip"), int(info["image_size"]), config.run.seed, count, training)
-
-
-def _take_images(source, image_size: int, seed: int | None, count: int, training: bool, split: str | None = None,
-                 shuffle: bool | None = None):
-    pipeline = PipelineConfig(image_size=image_size, global_batch_size=min(count, 64), seed=seed, drop_remainder=False)
-    if shuffle and not training:
-        # A buffer of `count` decoded images, not training's 10,000: the files (a folder's: every
-        # path) are shuffled before decoding anyway.
-        pipeline = dataclasses.replace(pipeline, shuffle_buffer=max(1, min(count, pipeline.shuffle_buffer)))
-    images, labels = [], []
-    for batch_images, batch_labels in make_dataset(source, pipeline, training=training, repeat=training, split=split,
-                                                   shuffle=shuffle):
-        images.append(batch_images.numpy())
-        labels.append(batch_labels.numpy())
-        if sum(len(b) for b in images) >= count:
-            break
-    images, labels = np.concatenate(images)[:count], np.concatenate(labels)[:count]
-    if labels.ndim == 2:
-        labels = labels.argmax(-1)
-    return images, labels
 
 
 def export_run(model_dir: str, *, config: ExportConfig | None = None, top_k: int = 5, use_ema: bool = True,
@@ -595,7 +186,8 @@ def _attempt(failed: dict, name: str, step: Callable):
 def _write_tflite(model, path: str, formats: Sequence[str], config: ExportConfig, representative, search,
                   report: dict, failed: dict) -> dict[str, str]:
     """The TFLite files, the int8 per-op errors (+ plot) and the int8_selective search."""
-    from efficientnet_tf.deploy.quantization import Int8Calibration, selective_int8
+    from efficientnet_tf.deploy.int8_search import selective_int8
+    from efficientnet_tf.deploy.quantization import Int8Calibration
     from efficientnet_tf.plots import plot_layer_errors
 
     paths = {}
@@ -686,23 +278,25 @@ def _dynamic_head(float_models: _FloatSavedModels, representative, output_layer:
     return head, failed.get("head")
 
 
-def _calibration_source(run_config, calibration_dataset: str | None):
-    """The dataset TFLite export calibrates on: the run's own, or `calibration_dataset`."""
-    dataset = calibration_dataset or run_config.data.dataset
-    try:
-        if calibration_dataset:
-            # Calibration needs no labels: any dataset, read as a plain one, except those that hold
-            # identities only (glyphs), which are read as the embedding task reads them.
-            task = "embedding" if calibration_dataset in EMBEDDING_ONLY_SOURCES else "classification"
-            return run_config.replace(dataset=calibration_dataset, label_key="label", task=task).load_source("skip")
-        return run_config.load_source("skip")
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(
-            f"TFLite and ONNX export calibrate on and check against images of the run's dataset, but {dataset!r} "
-            f"cannot be loaded here ({err}). Export the SavedModel only (no TFLite formats, no ONNX), or name "
-            "another dataset of similar images as calibration_dataset (a classification dataset, or one that holds "
-            f"identities only: {', '.join(EMBEDDING_ONLY_SOURCES)})") from None
-
-
 def _directory_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+# What this module held or imported before the split (0.1), importable here for one release
+# with a FutureWarning; what it still uses itself is imported above and stays without one.
+_MOVED = {
+    **dict.fromkeys(("probability_model", "export_float_saved_model"), "efficientnet_tf.deploy.saved_model"),
+    **dict.fromkeys(("convert_tflite", "export_tflite", "_check_format"), "efficientnet_tf.deploy.tflite"),
+    "OnnxRunner": "efficientnet_tf.deploy.onnx",
+    **dict.fromkeys(("batch1_latency_ms", "format_report", "CLASSIFIER_COLUMNS", "EMBEDDING_COLUMNS", "_runners",
+                     "_add_latency"), "efficientnet_tf.deploy.reports"),
+    **dict.fromkeys(("CheckImages", "pipeline_images", "MAX_CHECK_BYTES"), "efficientnet_tf.deploy.calibration"),
+    **dict.fromkeys(("ServingModule", "SIGNATURE_BYTES", "SIGNATURE_IMAGES"), "efficientnet_tf.deploy.serving"),
+    **dict.fromkeys(("INTEGER_IO", "require_onnx"), "efficientnet_tf.deploy.config"),
+    **dict.fromkeys(("PipelineConfig", "make_dataset"), "efficientnet_tf.data.pipeline"),
+    "EMBEDDING_ONLY_SOURCES": "efficientnet_tf.data.sources",
+    **dict.fromkeys(("move_aside", "replace_directory"), "efficientnet_tf.files"),
+    "functional_model": "efficientnet_tf.models.functional",
+    "SettingError": "efficientnet_tf.settings",
+}
+__getattr__, __dir__ = moved_names(__name__, _MOVED, globals())

@@ -110,7 +110,7 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, model_name: str, weights: str = "imagenet", top_k: int = 5) -> Predictor:
-        from efficientnet_tf.models.builder import build_model
+        from efficientnet_tf.models.factory import build_model
         from efficientnet_tf.models.official import IMAGENET21K_CLASSES, default_num_classes, resolve_weights
         from efficientnet_tf.models.weights import load_weights
 

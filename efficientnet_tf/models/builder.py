@@ -1,21 +1,23 @@
-"""One builder turns a ModelConfig (block specs + scaling) into a functional keras.Model."""
+"""One builder turns a ModelConfig (block specs + scaling) into a functional keras.Model.
+
+`build_model` (a registered name and pretrained weights) sits above it, in `factory`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import numbers
-import sys
-import threading
-from collections.abc import Sequence
 
 import keras
 from keras import layers
 
+from efficientnet_tf._lazy import moved_names
 from efficientnet_tf.models import configs
 from efficientnet_tf.models.block_args import BlockSpec
 from efficientnet_tf.models.configs import ModelConfig
+from efficientnet_tf.models.functional import functional_model
+from efficientnet_tf.models.heads import _embedding_head, check_embedding_head
 from efficientnet_tf.models.layers import (
     DENSE_KERNEL_INITIALIZER,
     IMAGENET_MEAN_RGB,
@@ -34,42 +36,6 @@ MIN_INPUT_SIZE = 32
 # Keras orders a functional graph with one Python frame per layer on its longest path
 # (keras/src/ops/function.py `_build_map_helper`); no block of ours has more layers than this.
 _MAX_LAYERS_PER_BLOCK = 24
-_recursion_lock = threading.Lock()
-_recursion_users = 0
-_recursion_saved_limit = 0
-
-
-def _stack_depth() -> int:
-    depth, frame = 0, sys._getframe()
-    while frame is not None:
-        depth, frame = depth + 1, frame.f_back
-    return depth
-
-
-@contextlib.contextmanager
-def _recursion_headroom(frames: int):
-    """Let `frames` more Python frames nest than the caller has now, then restore the limit.
-
-    V2-XL and L2 have ~1,300 layers in one chain, more than Python's default limit of 1,000
-    frames, and the caller's own stack (a notebook, a pytest-xdist worker) comes on top. The
-    limit is raised only while the graph is ordered and put back after, so the process keeps
-    the limit it had. Nested or concurrent builds share one raise; the last one out restores.
-    """
-    global _recursion_users, _recursion_saved_limit
-    needed = _stack_depth() + frames
-    with _recursion_lock:
-        if _recursion_users == 0:
-            _recursion_saved_limit = sys.getrecursionlimit()
-        _recursion_users += 1
-        if needed > sys.getrecursionlimit():
-            sys.setrecursionlimit(needed)
-    try:
-        yield
-    finally:
-        with _recursion_lock:
-            _recursion_users -= 1
-            if _recursion_users == 0:
-                sys.setrecursionlimit(_recursion_saved_limit)
 
 
 def round_filters(filters: float, width_coefficient: float, divisor: int = 8, guard: bool = True) -> int:
@@ -195,16 +161,6 @@ def _input_shape(config: ModelConfig, input_shape):
                 f"least {MIN_INPUT_SIZE} (or None for any size)"
             )
     return shape
-
-
-def functional_model(inputs, outputs, name: str, max_layers: int) -> keras.Model:
-    """keras.Model(inputs, outputs) for a graph of up to `max_layers` layers, from any caller.
-
-    Works under Python's default recursion limit however deep the caller's stack is (see
-    `_recursion_headroom`); use it for every functional model over a whole EfficientNet.
-    """
-    with _recursion_headroom(max_layers + 64):
-        return keras.Model(inputs, outputs, name=name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,148 +295,12 @@ def build_efficientnet(
     return model
 
 
-def _embedding_head(x, head: str, embedding_dim: int, dropout_rate: float, style: BlockStyle, pooling=None):
-    """The embedding from the last feature map, before any normalization ('gap': average pooling,
-    or max pooling with pooling='max')."""
-    if head == "gap":
-        pool = layers.GlobalMaxPooling2D(name="max_pool") if pooling == "max" else layers.GlobalAveragePooling2D(
-            name="avg_pool")
-        x = pool(x)
-    else:
-        # iResNet's "E" output: every position keeps its own weights (no pooling), and the final
-        # BN has no learned scale, as in insightface's recognition backbones.
-        x = batch_norm(x, "embedding_feature_bn", style.bn_momentum, style.bn_epsilon)
-    if dropout_rate > 0:
-        x = layers.Dropout(dropout_rate, name="top_dropout")(x)
-    if head == "flatten":
-        x = layers.Flatten(name="embedding_flatten")(x)
-    x = layers.Dense(embedding_dim, kernel_initializer=DENSE_KERNEL_INITIALIZER, dtype="float32", name="embedding")(x)
-    if head == "flatten":
-        x = layers.BatchNormalization(momentum=style.bn_momentum, epsilon=style.bn_epsilon, scale=False,
-                                      dtype="float32", name="embedding_bn")(x)
-    return x
-
-
-
-EMBEDDING_HEADS = ("gap", "flatten")
-
-
-def check_embedding_head(head: str, input_shape) -> None:
-    """ValueError (one line) for an unknown head, or a flatten head without a fixed input size."""
-    if head not in EMBEDDING_HEADS:
-        raise ValueError(f"embedding_head must be one of {', '.join(EMBEDDING_HEADS)}, got {head!r}")
-    if head == "flatten" and None in tuple(input_shape)[:2]:
-        raise ValueError(f"embedding_head='flatten' flattens a feature map of fixed size: it needs a fixed "
-                         f"input_shape such as (112, 112, 3), got {tuple(input_shape)}")
-
-
-def build_model(
-    name: str | ModelConfig,
-    num_classes: int | None = None,
-    input_shape=None,
-    include_top: bool = True,
-    pooling: str | None = None,
-    weights: str | None = None,
-    dropout_rate: float | None = None,
-    drop_connect_rate: float | None = None,
-    bn_momentum: float | None = None,
-    classifier_activation: str | None = "softmax",
-    embedding_dim: int | None = None,
-    l2_normalize_embedding: bool = True,
-    embedding_head: str = "gap",
-) -> keras.Model:
-    """Build a registered EfficientNet, optionally with pretrained weights.
-
-    Models take raw RGB pixels in 0..255; each variant's normalization is inside the model.
-
-    Args:
-        name: a registered name (`list_models()`), e.g. 'efficientnet-b0', 'efficientnetv2-s',
-            'efficientnet-lite0', or a `ModelConfig` (see `custom_config`).
-        num_classes: classifier outputs; None: those of the pretrained weights (21,843 for
-            'imagenet21k'), else 1000. With pretrained weights and another count, everything
-            but the classifier is loaded.
-        input_shape: (height, width, 3) with sides >= 32, or (None, None, 3) for any size;
-            None: the variant's resolution.
-        include_top: end with the classifier; False: the backbone (see `pooling`).
-        pooling: without the top: None (4D feature map), 'avg' or 'max'.
-        weights: None (random), 'imagenet' (the official keras.applications file, downloaded
-            once and md5-checked), an official checkpoint family such as 'advprop',
-            'noisy-student' or 'imagenet21k-ft1k' (`list_weights(name)`; downloaded and converted
-            once, and the model normalizes its inputs as that family was trained), or the path
-            of a Keras/HDF5 weight file.
-        dropout_rate: before the classifier; None: the variant's (B0 0.2 ... B7 0.5).
-        drop_connect_rate: stochastic depth rate of the last block; None: the variant's (0.2).
-        bn_momentum: BatchNormalization momentum; None: the variant's.
-        classifier_activation: 'softmax' (default), None for logits, or any Keras activation.
-        embedding_dim: with `include_top=False`: add an embedding of this size (a recognition
-            backbone: the output is the L2-normalized embedding).
-        l2_normalize_embedding: unit-normalize that embedding.
-        embedding_head: how the embedding is made from the last feature map (docs/recognition.md):
-            'gap': average pooling, dropout, Dense (B0: 0.66M parameters at 512-d);
-            'flatten': BN, dropout, flatten, Dense, BN, iResNet's "E" output (B0 at 112x112:
-            10.5M parameters at 512-d), which needs a fixed `input_shape`.
-
-    Returns:
-        A functional keras.Model with keras.applications' layer names and `feature_info`.
-
-    Raises:
-        ValueError: an unknown name, a bad shape or argument (one line naming it).
-    """
-    from efficientnet_tf.models.official import default_num_classes, resolve_weights
-
-    config, family = resolve_weights(name, weights)
-    if num_classes is None:
-        num_classes = default_num_classes(family)
-    if embedding_dim is not None:
-        if include_top:
-            raise ValueError("embedding_dim needs include_top=False (the embedding replaces the classifier)")
-        embedding_dim = _positive_int(embedding_dim, "embedding_dim")
-    model = build_efficientnet(
-        config,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        include_top=include_top,
-        pooling=pooling,
-        dropout_rate=dropout_rate,
-        drop_connect_rate=drop_connect_rate,
-        bn_momentum=bn_momentum,
-        classifier_activation=classifier_activation,
-        embedding_dim=embedding_dim,
-        l2_normalize_embedding=l2_normalize_embedding,
-        embedding_head=embedding_head,
-    )
-    if weights is not None:
-        from efficientnet_tf.models.weights import load_weights  # keeps h5py off the import path
-
-        load_weights(model, config, weights)
-    return model
-
-
-def build_feature_extractor(
-    name: str | ModelConfig,
-    input_shape=None,
-    weights: str | None = None,
-    strides: Sequence[int] = (2, 4, 8, 16, 32),
-) -> keras.Model:
-    """A backbone that returns its multi-scale feature maps (for detection and segmentation).
-
-    Args:
-        name: a registered model name (see `list_models()`) or a `ModelConfig`.
-        input_shape: (height, width, 3); None: the variant's resolution; (None, None, 3): any size.
-        weights: None, 'imagenet' or a weight file, as for `build_model`.
-        strides: output strides to return, each the last block at that resolution (as recorded
-            in the backbone's `feature_info` while it was built).
-
-    Returns:
-        A keras.Model with one output per stride, in the order given; its `feature_info` lists them.
-    """
-    backbone = build_model(name, input_shape=input_shape, include_top=False, weights=weights)
-    by_stride = {info.stride: info for info in backbone.feature_info}
-    missing = [stride for stride in strides if stride not in by_stride]
-    if missing:
-        raise ValueError(f"no feature map at stride {missing[0]}; available: {sorted(by_stride)}")
-    chosen = [by_stride[stride] for stride in strides]
-    model = functional_model(backbone.input, [backbone.get_layer(info.layer).output for info in chosen],
-                             f"{backbone.name}_features", max_layers=len(backbone.layers))
-    _set_feature_info(model, chosen)
-    return model
+# Names defined here before the split, by their new module: still importable from here for one
+# release, with a FutureWarning (by name, not an import statement: `factory` imports this module).
+_MOVED = {
+    **dict.fromkeys(("_recursion_lock", "_recursion_users", "_recursion_saved_limit", "_stack_depth",
+                     "_recursion_headroom"), "efficientnet_tf.models.functional"),
+    "EMBEDDING_HEADS": "efficientnet_tf.models.heads",
+    **dict.fromkeys(("build_model", "build_feature_extractor"), "efficientnet_tf.models.factory"),
+}
+__getattr__, __dir__ = moved_names(__name__, _MOVED, globals())

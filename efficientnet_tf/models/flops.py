@@ -11,7 +11,7 @@ import math
 
 import keras
 
-from efficientnet_tf.models.builder import build_model
+from efficientnet_tf.models.factory import build_model
 from efficientnet_tf.models.configs import get_config
 
 

@@ -264,7 +264,7 @@ def convert_checkpoint(model: keras.Model, checkpoint: str, family: WeightFamily
 # Download, unpack, convert once.
 
 def _cache_dir() -> str:
-    from efficientnet_tf.models.weights import keras_models_dir
+    from efficientnet_tf.models.downloads import keras_models_dir
 
     return keras_models_dir("efficientnet_tf")
 
@@ -291,7 +291,7 @@ def _find_checkpoint(directory: str) -> str:
 
 
 def _download(family: WeightFamily, variant: str) -> str:
-    from efficientnet_tf.models.weights import download
+    from efficientnet_tf.models.downloads import download
 
     url = family.url(variant)
     return download(_archive_name(url), url, f"the {family.name!r} checkpoint of {variant}", subdir="efficientnet_tf")

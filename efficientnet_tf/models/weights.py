@@ -12,8 +12,10 @@ import h5py
 import keras
 import numpy as np
 
+from efficientnet_tf._lazy import moved_names
 from efficientnet_tf.advice import Arg, advised
 from efficientnet_tf.models.configs import REGISTRY, ModelConfig
+from efficientnet_tf.models.downloads import download
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +70,6 @@ def imagenet_weights_file(config: ModelConfig, include_top: bool) -> tuple[str, 
     fname = stem + (".h5" if include_top else "_notop.h5")
     base = V2_BASE_URL if config.family == "v2" else V1_BASE_URL
     return fname, base + fname, FILE_HASHES[stem][0 if include_top else 1]
-
-
-def keras_models_dir(subdir: str = "") -> str:
-    """Where Keras caches downloads (`$KERAS_HOME/models`, default ~/.keras/models), plus `subdir`."""
-    keras_home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
-    return os.path.join(keras_home, "models", subdir) if subdir else os.path.join(keras_home, "models")
-
-
-def download(fname: str, url: str, what: str, subdir: str = "", md5: str | None = None,
-             offline_hint: tuple = ()) -> str:
-    """`url` downloaded once into `keras_models_dir(subdir)/fname` (md5-checked when given); offline
-    or on any failure, one OSError naming `what`, the file, its URL and where to put it, then
-    `offline_hint` (`advice.advised` parts: another way out)."""
-    directory = keras_models_dir(subdir)
-    try:
-        return keras.utils.get_file(fname, url, cache_dir=os.path.dirname(keras_models_dir()),
-                                    cache_subdir=os.path.relpath(directory, os.path.dirname(keras_models_dir())),
-                                    file_hash=md5)
-    except Exception as err:  # offline, proxy, truncated download...
-        raise advised(
-            OSError, f"could not get {what}: {fname} from {url} ({type(err).__name__}: {err}). Without internet, "
-            f"download that file elsewhere and put it at {os.path.join(directory, fname)}", *offline_hint
-        ) from err
 
 
 def fetch_imagenet_weights(config: ModelConfig, include_top: bool) -> str:
@@ -280,3 +259,7 @@ def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> list[
             f"unsupported weights file {path!r}: expected .h5/.hdf5 (keras.applications), "
             ".weights.h5 or .keras"
         )
+
+
+# `keras_models_dir` lived here before `downloads`: still importable from here for one release.
+__getattr__, __dir__ = moved_names(__name__, {"keras_models_dir": "efficientnet_tf.models.downloads"}, globals())

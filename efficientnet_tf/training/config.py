@@ -20,18 +20,16 @@ from typing import Any
 from efficientnet_tf import settings
 from efficientnet_tf.advice import Arg, advised
 from efficientnet_tf.data.config import SMALL_IMAGE, AugmentConfig, DataConfig
-from efficientnet_tf.models.builder import EMBEDDING_HEADS
+from efficientnet_tf.models.heads import EMBEDDING_HEADS
 from efficientnet_tf.models.configs import get_config
 from efficientnet_tf.models.official import family_for
 from efficientnet_tf.settings import SettingError, section, setting
 from efficientnet_tf.training.margin import DEFAULT_MARGINS, DEFAULT_SCALE, MARGIN_LOSSES, check_margin
+from efficientnet_tf.training.recipe import (OPTIMIZERS, PAPER_DECAY_EPOCHS, PAPER_DECAY_RATE, PAPER_EPOCHS,
+                                             PAPER_WARMUP_EPOCHS, SCHEDULES)
 
-OPTIMIZERS = ("rmsprop", "sgd", "adamw")
-SCHEDULES = ("exponential", "cosine", "constant")
 TASKS = ("classification", "embedding")
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
-# tensorflow/tpu's EfficientNet ImageNet run: 350 epochs, 5 warmup, x0.97 every 2.4 (docs/training.md).
-PAPER_EPOCHS, PAPER_WARMUP_EPOCHS, PAPER_DECAY_EPOCHS, PAPER_DECAY_RATE = 350, 5.0, 2.4, 0.97
 
 
 def _check(ok: bool, name: str, message: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 
 
@@ -39,3 +41,12 @@ class WeightAverage(tf.Module):
             current = tf.identity(variable.value if hasattr(variable, "value") else variable)
             variable.assign(shadow)
             shadow.assign(current)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """Within: the averaged values in the model; the trained ones back afterwards, whatever happens."""
+        self.swap()
+        try:
+            yield
+        finally:
+            self.swap()

@@ -7,7 +7,7 @@ import math
 import keras
 import tensorflow as tf
 
-from efficientnet_tf.training.config import (
+from efficientnet_tf.training.recipe import (
     OPTIMIZERS,
     PAPER_DECAY_EPOCHS,
     PAPER_DECAY_RATE,

@@ -1,15 +1,36 @@
-"""Redrawing a finished (or interrupted) run's plots from what its directory holds."""
+"""A run's plots: drawn at the end of training (a hook), or redrawn later from what its directory holds."""
 
 from __future__ import annotations
 
 import logging
 
 from efficientnet_tf.models.configs import get_config
+from efficientnet_tf.training.hooks import TrainingHook
 from efficientnet_tf.training.resume_lr import run_schedule
 from efficientnet_tf.training.rundir import load_run
 from efficientnet_tf.training.stages import augmented_batch, plan_stages, stage_pipeline
 
 log = logging.getLogger(__name__)
+
+
+class RunPlots(TrainingHook):
+    """At the end of `fit()`: history, LR schedule, progressive stages, the task's figures
+    (confusion matrix; an embedding run's ROC curve and similarity histograms) and a grid of
+    augmented training images, as PNGs in the run directory. A figure that cannot be drawn is
+    a warning: it must not fail a finished run."""
+
+    def on_fit_end(self, trainer, figures: dict) -> list[str]:
+        from efficientnet_tf import plots
+
+        try:
+            return plots.save_run_plots(
+                trainer.run_dir.path, schedule=trainer.planned_lr,
+                total_steps=trainer.steps_per_epoch * trainer.config.run.epochs,
+                steps_per_epoch=trainer.steps_per_epoch, class_names=trainer.source.class_names,
+                augmented=trainer.augmented_batch(), **figures)
+        except (OSError, ValueError, RuntimeError) as err:
+            log.warning("plots not written (%s: %s)", type(err).__name__, err)
+            return []
 
 
 def replot_run(model_dir: str, with_images: bool = True) -> list[str]:

@@ -14,6 +14,9 @@ from efficientnet_tf.data.pipeline import PipelineConfig, make_dataset
 from efficientnet_tf.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
+# The layers a frozen-backbone stage trains: every task's head (a classifier's, an embedding's).
+HEAD_LAYERS = ("predictions", "top_dropout", "avg_pool", "embedding_feature_bn", "embedding_flatten", "embedding",
+               "embedding_bn", "embedding_l2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +32,30 @@ class Stage:
     mixup_alpha: float
     frozen: bool = False
     lr_scale: float = 1.0
+
+    def summary(self, stages: int) -> str:
+        """The console line that starts the stage (`stages`: how many the run has)."""
+        return (f"stage {self.index + 1}/{stages}: epochs {self.first_epoch + 1}-{self.end_epoch}, image size "
+                f"{self.image_size}, dropout {self.dropout_rate:.3f}, RandAugment magnitude {self.randaug_magnitude:.1f}, "
+                f"mixup {self.mixup_alpha:.2f}" + (", backbone frozen" if self.frozen else "")
+                + (f", LR x{self.lr_scale:g}" if self.lr_scale != 1 else ""))
+
+    def set_layers(self, model) -> None:
+        """The model as the stage trains it: the backbone frozen or not (frozen BN layers run in
+        inference mode, Keras 3), the head's dropout at the stage's rate."""
+        for layer in model.layers:
+            if layer.name not in HEAD_LAYERS and layer.weights:
+                layer.trainable = not self.frozen
+        try:
+            model.get_layer("top_dropout").rate = self.dropout_rate
+        except ValueError:
+            pass  # dropout 0: no layer
+
+    def variables(self, model) -> list:
+        """The model's variables the stage trains: all, or the head's when the backbone is frozen."""
+        if not self.frozen:
+            return model.trainable_variables
+        return [v for layer in model.layers if layer.name in HEAD_LAYERS for v in layer.trainable_variables]
 
 
 def stage_pipeline(config: TrainConfig, stage: Stage, training: bool, one_hot: bool = False) -> PipelineConfig:
