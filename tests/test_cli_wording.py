@@ -7,12 +7,18 @@ import sys
 
 import numpy as np
 import pytest
+from cli import run_main
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _main(*args, cwd=ROOT):
+    return run_main(*args, cwd=cwd)
+
+
+def _new_process_main(*args, cwd=ROOT):
+    """main.py in a process of its own, at its own default log level: what a user's shell shows."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # main.py's own default: quiet
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd, env=env)
@@ -112,6 +118,7 @@ def test_library_errors_name_arguments_and_the_command_line_words_them_as_flags(
 
 def test_an_unprepared_tfds_dataset_prints_no_stray_tfds_line(tmp_path):
     """TFDS logs 'Variant folder ... has no dataset_info.json' while finding out; only our line is shown."""
-    result = _main("--dataset=tf_flowers", f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'run'}", "--dry_run")
+    result = _new_process_main("--dataset=tf_flowers", f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'run'}",
+                               "--dry_run")
     assert "Variant folder" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli import run_main
 import tensorflow as tf
 from PIL import Image
 
@@ -18,8 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_main(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    return run_main(*args)
 
 
 def test_training_run_writes_plots_and_confusion_matrix(tiny_run):

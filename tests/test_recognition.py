@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from cli import run_main
 import tensorflow as tf
 
 from efficientnet_tf import build_model
@@ -303,8 +304,7 @@ def test_two_replica_embedding_step_equals_one_device_step(tmp_path):
 
 
 def _main(*args, cwd):
-    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
+    return run_main(*args, cwd=cwd)
 
 
 @pytest.mark.slow

@@ -3,10 +3,9 @@ touching anything; allowed changes are recorded; the other modes use the run's o
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from cli import run_main
 
 from efficientnet_tf.training import Trainer
 from efficientnet_tf.training.rundir import RunMismatch, load_run, read_history
@@ -74,9 +73,7 @@ def test_a_value_equal_to_what_the_run_resolved_to_is_the_same_run(run_copy):
 
 
 def _main(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "main.py", *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=600)
+    return run_main(*args)
 
 
 def test_cli_rerun_continues_the_run_with_only_the_changes_given(run_copy):

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli import run_main
 
 from efficientnet_tf.settings import SettingError
 from efficientnet_tf.training import TrainConfig, Trainer
@@ -22,9 +23,7 @@ QUICK = dict(model="efficientnet-lite0", image_size=32, epochs=1, steps_per_epoc
 
 
 def _main(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "main.py", *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=600)
+    return run_main(*args)
 
 
 def _dry_run(*args):

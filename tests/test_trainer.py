@@ -9,6 +9,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from cli import run_main
 import tensorflow as tf
 
 from efficientnet_tf.data.augment import AugmentConfig, BatchAugmenter
@@ -226,10 +227,9 @@ def test_cli_bad_flags_fail_fast_with_one_line(args, message, tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def _run_main(model_dir, *extra, model="efficientnet-lite0", timeout=600):
-    cmd = [sys.executable, "main.py", f"--model={model}", "--dataset=digits", f"--model_dir={model_dir}",
-           "--batch_size=32", "--image_size=32", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def _run_main(model_dir, *extra, model="efficientnet-lite0"):
+    return run_main(f"--model={model}", "--dataset=digits", f"--model_dir={model_dir}", "--batch_size=32",
+                    "--image_size=32", *extra)
 
 
 @pytest.mark.slow
