@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from cli import run_main
 import tensorflow as tf
 
 from efficientnet_tf.data import sources as data_lib
@@ -182,8 +183,7 @@ def test_killed_mid_epoch_resumes_from_the_step_checkpoint_and_ends_as_an_uninte
     uninterrupted run's with the same seed."""
     directory, names, _, _ = digits_records
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", EFFICIENTNET_TF_CACHE=str(tmp_path / ".cache"))
-    reference = subprocess.run(_train_command(tmp_path / "uninterrupted", directory, names), cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=600)
+    reference = run_main(*_train_command(tmp_path / "uninterrupted", directory, names)[3:])  # in this process
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
@@ -218,10 +218,7 @@ def test_a_run_evaluates_on_tfrecords_of_its_held_out_images(run_copy, tmp_path)
     labelled with the run's classes; the run's own held-out images give its own top-1."""
     write_digits_records(str(tmp_path / "records"), train_files=2, eval_files=3)
     report = json.loads(open(os.path.join(run_copy, "eval_report.json")).read())
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "main.py", "--mode=eval", f"--model_dir={run_copy}",
-                             f"--eval_dataset=tfrecord:{tmp_path}/records/validation-*"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = run_main("--mode=eval", f"--model_dir={run_copy}", f"--eval_dataset=tfrecord:{tmp_path}/records/validation-*")
     assert result.returncode == 0, result.stderr[-3000:]
     evaluation = json.loads(result.stdout[result.stdout.index("{"):])
     assert evaluation["images"] == report["images"] == 360

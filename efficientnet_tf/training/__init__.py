@@ -1,4 +1,4 @@
-"""Training: config -> stages -> optimizer, EMA, strategy -> the loop, writing one run directory."""
+"""Training: config -> stages -> optimizer, EMA, strategy -> the loop (given a task and hooks), writing one run directory."""
 
 from efficientnet_tf._lazy import lazy_exports
 
@@ -10,7 +10,9 @@ _EXPORTS = {
     "RunDir": "rundir", "load_run": "rundir", "read_history": "rundir", "HISTORY_COLUMNS": "rundir",
     "Trainer": "loop", "train": "loop", "TrainingDiverged": "errors", "UnreadableCheckpoints": "errors",
     "TrainingInterrupted": "errors",
-    "replot_run": "report",
+    "replot_run": "report", "RunPlots": "report",
+    "Task": "tasks", "ClassificationTask": "tasks", "EmbeddingTask": "tasks", "make_task": "tasks",
+    "TrainingHook": "hooks",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
