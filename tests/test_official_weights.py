@@ -162,10 +162,15 @@ def test_unknown_pair_is_one_line_listing_what_exists():
     with pytest.raises(ValueError, match=r"no 'advprop' weights are published for efficientnet-lite0; weights for "
                                          r"it: lite; 'advprop' exists for efficientnet-b0, .*efficientnet-b8$"):
         et.build_model("efficientnet-lite0", weights="advprop")
-    with pytest.raises(FileNotFoundError, match=r"'noisy_student' is neither a file nor pretrained weights of "
-                                                r"efficientnet-b0 \('imagenet', 'baseline', 'autoaugment', "
-                                                r"'advprop', 'noisy-student'\)"):
-        et.build_model("efficientnet-b0", weights="noisy_student")
+    # A name that is not one: a bad argument value (ValueError, as keras.applications raises), said
+    # before the model is built; a path where no file is stays FileNotFoundError.
+    with pytest.raises(ValueError, match=r"'noisy_student' is neither a file nor pretrained weights of "
+                                         r"efficientnet-b7 \('imagenet', 'autoaugment', 'randaugment', "
+                                         r"'advprop', 'noisy-student'\)"):
+        et.build_model("efficientnet-b7", weights="noisy_student")
+    for path in ("no/such/b0.h5", "b0.weights.h5", "model.keras"):
+        with pytest.raises(FileNotFoundError, match=f"weights '{path}' is no such file, and not pretrained weights"):
+            et.build_model("efficientnet-b0", weights=path)
 
 
 def test_offline_names_the_file_its_url_and_where_to_put_it(keras_home, monkeypatch):

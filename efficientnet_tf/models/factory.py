@@ -7,6 +7,7 @@ families), builds the architecture with `builder` and loads the file with `weigh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import keras
@@ -66,11 +67,17 @@ def build_model(
         A functional keras.Model with keras.applications' layer names and `feature_info`.
 
     Raises:
-        ValueError: an unknown name, a bad shape or argument (one line naming it).
+        ValueError: an unknown name, a bad shape or argument (one line naming it), including
+            `weights` that name no pretrained weights of the variant.
+        FileNotFoundError: `weights` is a path (a directory in it, or a weight file's
+            extension) where there is no file.
     """
     from efficientnet_tf.models.official import default_num_classes, resolve_weights
+    from efficientnet_tf.models.weights import check_weights_file  # keeps h5py off the import path
 
     config, family = resolve_weights(name, weights)
+    if weights is not None and family is None and weights != "imagenet":
+        check_weights_file(config, os.fspath(weights))  # before the (for B7, L2: long) build
     if num_classes is None:
         num_classes = default_num_classes(family)
     if embedding_dim is not None:

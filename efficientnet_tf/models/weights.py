@@ -228,6 +228,27 @@ def _check_shapes(path, layer, variables, file_name, values):
         )
 
 
+WEIGHT_FILE_EXTENSIONS = (".weights.h5", ".keras", ".h5", ".hdf5")
+
+
+def check_weights_file(config: ModelConfig, path: str) -> None:
+    """Raise, before anything is built, for `weights` that are neither pretrained weights of
+    `config` nor an existing file: ValueError for a name (a bad argument value, as
+    keras.applications says it), FileNotFoundError for what reads as a path (a directory in it,
+    or a weight file's extension)."""
+    if os.path.exists(path):
+        return
+    from efficientnet_tf.models import official
+
+    known = ", ".join(repr(w) for w in official.list_weights(config))
+    is_path = os.sep in path or (os.altsep or os.sep) in path or path.lower().endswith(WEIGHT_FILE_EXTENSIONS)
+    what = "no such file, and not" if is_path else "neither a file nor"
+    raise advised(
+        FileNotFoundError if is_path else ValueError,
+        f"weights {path!r} is {what} pretrained weights of {config.name} ({known or 'none'}); pass one of those, "
+        "the path of a .h5 / .weights.h5 / .keras file, or ", Arg("weights", None), " (random initialisation)")
+
+
 def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> list[str]:
     """Initialise `model` from 'imagenet', an official checkpoint family (`list_weights`) or a
     weight file: a legacy `.h5` (keras.applications' official files), a Keras 3 `.weights.h5` or
@@ -243,13 +264,7 @@ def load_weights(model: keras.Model, config: ModelConfig, weights: str) -> list[
         path = fetch_imagenet_weights(config, include_top=_has_imagenet_top(model))
     else:
         path = os.fspath(weights)
-        if not os.path.exists(path):
-            known = ", ".join(repr(w) for w in official.list_weights(config))
-            raise advised(
-                FileNotFoundError, f"weights {path!r} is neither a file nor pretrained weights of {config.name} "
-                f"({known or 'none'}); pass one of those, the path of a .h5 / .weights.h5 / .keras file, or ",
-                Arg("weights", None), " (random initialisation)"
-            )
+        check_weights_file(config, path)
     if path.endswith((".weights.h5", ".keras")):
         return _assign(model, path, _keras3_layers_in_model_order(model, path))
     if path.endswith((".h5", ".hdf5")):
