@@ -61,9 +61,9 @@ class Trainer:
         eval_source: a `data.sources.Source` to evaluate the trained run on instead of its own
             dataset; it must have the run's classes in the same order. Such a Trainer evaluates
             and cannot `fit()`.
-        task: what the run learns (`training.tasks`); default: the one `config.recognition.task` names.
-        hooks: `training.hooks.TrainingHook`s called at the end of each epoch and of `fit()`;
-            default: the run's plots (`training.report.RunPlots`).
+        task: what the run learns (`training.tasks`, made for this config); default: config.recognition.task's.
+        hooks: `training.hooks.TrainingHook`s the chief calls at the end of each epoch and of
+            `fit()`; default: the run's plots (`training.report.RunPlots`).
     """
 
     def __init__(self, config: TrainConfig, verbose: bool = True, strategy: tf.distribute.Strategy | None = None,
