@@ -29,9 +29,9 @@ class Result:
 
 def run_main(*args, cwd: str | os.PathLike = ROOT, isolated: bool = False, timeout: float = 900) -> Result:
     """Run main.py with `args` in `cwd`; its exit status and output. Flags go back to their
-    defaults afterwards, as a new process would have them."""
-    if isolated:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    defaults afterwards, as a new process would have them. `isolated`: in a new process."""
+    if isolated:  # at main.py's own default log level, as a user's shell runs it
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
         result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *map(str, args)], capture_output=True,
                                 text=True, timeout=timeout, cwd=cwd, env=env)
         return Result(result.returncode, result.stdout, result.stderr)

@@ -2,8 +2,6 @@
 line names flags (`--on_bad_image=skip`) and commands; bad paths say what they are and what to give."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,13 +13,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _main(*args, cwd=ROOT):
     return run_main(*args, cwd=cwd)
-
-
-def _new_process_main(*args, cwd=ROOT):
-    """main.py in a process of its own, at its own default log level: what a user's shell shows."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # main.py's own default: quiet
-    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env=env)
 
 
 def _one_error_line(result, listing: int = 0) -> str:
@@ -118,7 +109,7 @@ def test_library_errors_name_arguments_and_the_command_line_words_them_as_flags(
 
 def test_an_unprepared_tfds_dataset_prints_no_stray_tfds_line(tmp_path):
     """TFDS logs 'Variant folder ... has no dataset_info.json' while finding out; only our line is shown."""
-    result = _new_process_main("--dataset=tf_flowers", f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'run'}",
-                               "--dry_run")
+    result = run_main("--dataset=tf_flowers", f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'run'}", "--dry_run",
+                      isolated=True)  # what a user's shell shows, TensorFlow's own lines included
     assert "Variant folder" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]

@@ -241,7 +241,7 @@ def check_weights_file(config: ModelConfig, path: str) -> None:
     from efficientnet_tf.models import official
 
     known = ", ".join(repr(w) for w in official.list_weights(config))
-    is_path = os.sep in path or (os.altsep or os.sep) in path or path.lower().endswith(WEIGHT_FILE_EXTENSIONS)
+    is_path = any(sep in path for sep in (os.sep, os.altsep) if sep) or path.lower().endswith(WEIGHT_FILE_EXTENSIONS)
     what = "no such file, and not" if is_path else "neither a file nor"
     raise advised(
         FileNotFoundError if is_path else ValueError,

@@ -28,7 +28,7 @@ class Int8AwareEpochs:
     def includes(self, epoch: int) -> bool:
         return epoch >= self.first_epoch
 
-    def enter(self, trainer, stage, epoch: int, fresh: bool) -> None:
+    def enter(self, trainer, epoch: int, fresh: bool) -> None:
         """Before a quantization-aware epoch: on the first one (`fresh`, the phase's first epoch
         from its start), the averaged weights become the weights trained on and the average
         restarts, so that what is evaluated and exported is the int8-aware training's; on every

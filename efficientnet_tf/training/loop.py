@@ -351,7 +351,7 @@ class Trainer:
 
     def enter_int8_aware(self, stage: Stage, epoch: int, fresh: bool) -> None:
         """Before a quantization-aware epoch (`int8_epochs.Int8AwareEpochs.enter`)."""
-        self.int8_aware.enter(self, stage, epoch, fresh)
+        self.int8_aware.enter(self, epoch, fresh)
 
     def _last_step_lr(self) -> float:
         """The LR the epoch's last optimizer step used (the counter already points past it)."""
